@@ -1,0 +1,236 @@
+"""The ``flowprep`` command: parses arguments and calls the library."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+import click
+import cv2
+
+from flowprep.check import summarize, verify
+from flowprep.codec import parse_bound
+from flowprep.extract import ExtractReport, ExtractSettings, SourceError, run_extract
+from flowprep.flow import ALGORITHMS, FlowError
+from flowprep.store import FlowStore, StoreError
+from flowprep.visualize import figure
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _size(text: str) -> int:
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?i?b?)?\s*", text.lower())
+    if not match:
+        raise click.BadParameter(f"{text!r} is not a size such as 8GB or 512MB")
+    unit = (match.group(2) or "b").rstrip("b").rstrip("i")
+    return int(float(match.group(1)) * 1024 ** " kmgt".index(unit or " "))
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _bound(ctx: click.Context, param: click.Parameter, value: str) -> float | str:
+    try:
+        return parse_bound(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _params(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r}: use KEY=VALUE, e.g. alpha=3")
+        try:
+            out[key.strip()] = float(value) if re.fullmatch(r"[-+0-9.eE]+", value) else value
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="twostream")
+def main() -> None:
+    """Optical flow for whole video datasets, stored as JPEG-compressed LMDB shards.
+
+    \b
+    flowprep extract videos/ out/       decode, compute flow, store (resumable)
+    flowprep info out/                  counts, sizes, compression, failures
+    flowprep verify out/                decode every record, check counts
+    flowprep show out/ VIDEO -o f.png   frame, dx, dy and colour-coded flow
+    """
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--algo", type=click.Choice(ALGORITHMS), default="brox", show_default=True,
+              help="Flow algorithm. brox: OpenCV CUDA Brox where OpenCV has CUDA, else the CPU pyramid.")
+@click.option("--bound", default="20", show_default=True, callback=_bound,
+              help="Pixels: flow clipped to ±BOUND and mapped to [0,255] with 0 at 128; "
+                   "or 'adaptive': each field's own min/max, kept in the record.")
+@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True,
+              help="JPEG quality of the flow fields.")
+@click.option("--rgb-quality", type=click.IntRange(1, 100), default=90, show_default=True,
+              help="JPEG quality of the RGB frames.")
+@click.option("--short-side", type=click.IntRange(min=0), default=256, show_default=True,
+              help="Pixels of each frame's smaller side after rescaling (0: keep the video's size).")
+@click.option("--bidirectional", is_flag=True, help="Also store backward flow (frame t+1 to t).")
+@click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
+              help="CPU worker processes (each single-threaded when more than one).")
+@click.option("--gpus", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Run one worker per GPU with OpenCV's CUDA Brox (needs OpenCV built with CUDA).")
+@click.option("--shard-size", default="8GB", show_default=True,
+              help="Start a new shard-NNNNN.lmdb once a shard holds this much.")
+@click.option("--param", "flow_params", multiple=True, callback=_params, metavar="KEY=VALUE",
+              help="Override a flow parameter, e.g. --param alpha=4 (repeatable; see README).")
+def extract(source: Path, out: Path, algo: str, bound: float | str, quality: int, rgb_quality: int,
+            short_side: int, bidirectional: bool, workers: int, gpus: int, shard_size: str,
+            flow_params: dict) -> None:
+    """Extract RGB frames and optical flow of every video in SOURCE into OUT.
+
+    SOURCE is a video, a folder searched recursively for videos, or a text file listing one
+    video path per line. A video's id in OUT is its path relative to SOURCE without extension.
+    Running the same command again skips videos already stored, so an interrupted or killed run
+    resumes where it stopped. Videos that cannot be read are listed at the end and the exit
+    status is 1.
+    """
+    try:
+        settings = ExtractSettings(algo=algo, bound=bound, quality=quality, rgb_quality=rgb_quality,
+                                   short_side=short_side, bidirectional=bidirectional,
+                                   flow_params=flow_params)
+    except ValueError as exc:
+        _fail(str(exc))
+    if gpus:
+        from flowprep.flow import has_opencv_cuda_brox
+
+        if algo != "brox":
+            _fail(f"--gpus runs brox only; {algo} runs on the CPU (drop --gpus)")
+        if not has_opencv_cuda_brox():
+            _fail("--gpus needs OpenCV built with CUDA (cv2.cuda.getCudaEnabledDeviceCount() is 0 here, "
+                  "as with every OpenCV wheel on PyPI); drop --gpus to run brox on the CPU")
+        if cv2.cuda.getCudaEnabledDeviceCount() < gpus:
+            _fail(f"--gpus {gpus}: OpenCV sees only {cv2.cuda.getCudaEnabledDeviceCount()} GPU(s)")
+
+    with ExitStack() as stack:
+        bar = None
+
+        def on_start(todo: int, skipped: int) -> None:
+            nonlocal bar
+            click.echo(f"{todo} videos to extract ({skipped} already in {out}), "
+                       f"{gpus or workers} worker(s), algo {algo}", err=True)
+            bar = stack.enter_context(click.progressbar(
+                length=todo, label="videos", file=sys.stderr, show_pos=True, show_eta=True,
+                item_show_func=lambda text: text))
+
+        def on_progress(done: int, report: ExtractReport) -> None:
+            rate = report.pairs / report.seconds if report.seconds else 0.0
+            bar.update(1, f"{rate:.1f} pairs/s, {len(report.failures)} failed")
+
+        try:
+            report = run_extract(source, out, settings, workers=workers, gpus=gpus,
+                                 shard_bytes=_size(shard_size), on_start=on_start,
+                                 on_progress=on_progress)
+        except (SourceError, StoreError, FlowError, ValueError) as exc:
+            _fail(str(exc))
+    rate = report.pairs / report.seconds if report.seconds else 0.0
+    click.echo(f"stored {report.stored} videos ({report.pairs} flow pairs, {_human(report.bytes)}) in "
+               f"{report.seconds:.1f} s, {rate:.1f} pairs/s; skipped {report.skipped} already complete; "
+               f"failed {len(report.failures)}", err=True)
+    for failure in report.failures:
+        click.echo(f"  failed: {failure.path}: {failure.reason}", err=True)
+    if report.interrupted:
+        click.echo("interrupted: run the same command again to resume", err=True)
+        sys.exit(130)
+    if report.failures:
+        sys.exit(1)
+
+
+def _open(out: Path) -> FlowStore:
+    try:
+        return FlowStore(out)
+    except StoreError as exc:
+        _fail(str(exc))
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path))
+def info(out: Path) -> None:
+    """Videos, frames, bytes, compression ratio, algorithms and failures of the store OUT."""
+    store = _open(out)
+    s = summarize(store)
+    settings = store.settings()
+    click.echo(f"store       {out} ({s.shards} shard(s), {_human(s.disk_bytes)} on disk)")
+    click.echo(f"videos      {s.videos}")
+    click.echo(f"frames      {s.frames} RGB JPEGs, {_human(s.rgb_bytes)}")
+    fields = f"{s.flow_fields} forward" + (f" + {s.backward_fields} backward" if s.backward_fields else "")
+    click.echo(f"flow        {fields} fields, {_human(s.flow_bytes)} "
+               f"({_human(s.flow_bytes / max(1, s.flow_fields + s.backward_fields))} per field)")
+    click.echo(f"compression {s.compression_ratio:.1f}x smaller than float32 "
+               f"({_human(s.float32_flow_bytes)} as float32)")
+    if settings:
+        click.echo(f"settings    bound {settings['bound']}, quality {settings['quality']}, "
+                   f"rgb quality {settings['rgb_quality']}, short side {settings['short_side']} px"
+                   + (", bidirectional" if settings["bidirectional"] else ""))
+    for name, count in sorted(s.algorithms.items()):
+        click.echo(f"algorithm   {name}: {count} videos")
+    click.echo(f"failures    {len(s.failures)}")
+    for _, failure in sorted(s.failures.items()):
+        click.echo(f"  {failure['path']}: {failure['reason']}")
+
+
+@main.command(name="verify")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--no-decode", is_flag=True, help="Only check keys and counts, do not decode every JPEG.")
+def verify_command(out: Path, no_decode: bool) -> None:
+    """Check every video of OUT: all records present and numbered as the metadata says, and (unless
+    --no-decode) every JPEG decodes to the stored frame size. Exit status 1 on any problem."""
+    store = _open(out)
+    with click.progressbar(length=store.num_records(), label="records", file=sys.stderr,
+                           show_pos=True) as bar:
+        problems = verify(store, decode=not no_decode, on_record=bar.update)
+    videos = len(store)
+    if problems:
+        for problem in problems:
+            click.echo(f"problem: {problem}")
+        click.echo(f"{len(problems)} problem(s) in {out} ({videos} videos)")
+        sys.exit(1)
+    click.echo(f"ok: {videos} videos, {store.num_records()} records in {out}")
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("video")
+@click.option("--frame", "t", type=int, default=0, show_default=True, help="Frame / flow index t (0-based).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="PNG to write [default: VIDEO-tT.png in the current folder].")
+def show(out: Path, video: str, t: int, output: Path | None) -> None:
+    """Write a picture of VIDEO at frame T: the frame, dx and dy as stored (grey) and the flow
+    colour-coded (hue: direction, brightness: magnitude), like the paper's Figure 2."""
+    store = _open(out)
+    if video not in store:
+        matches = [v for v in store.videos() if v.rsplit("/", 1)[-1] == video]
+        if len(matches) != 1:
+            _fail(f"video {video!r} is not in {out}" + (f" (did you mean {matches}?)" if matches else ""))
+        video = matches[0]
+    try:
+        picture = figure(store, video, t)
+    except IndexError as exc:
+        _fail(str(exc))
+    output = output or Path(f"{video.rsplit('/', 1)[-1]}-t{t}.png")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(output), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
+        _fail(f"{output}: cannot write the PNG")
+    click.echo(f"wrote {output}")

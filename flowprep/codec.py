@@ -1,0 +1,134 @@
+"""Flow fields and RGB frames as JPEG bytes, as the paper stores them.
+
+Each flow component (dx, dy) is linearly rescaled to [0, 255], rounded and stored as a grey JPEG;
+decoding rescales back to float32 pixels. Two ways to rescale:
+
+* a fixed bound B (``bound=20``): values are clipped to [-B, B] and mapped with 0 px exactly on grey
+  level 128 (``q = 128 + round(d · 127 / B)``, so q ∈ [1, 255]); still background decodes to exactly
+  0 instead of the +B/255 bias of the usual [-B, B] → [0, 255] map. Step: B/127 px.
+* ``bound="adaptive"``: each component of each field is mapped from its own [min, max] to [0, 255]
+  and min/max are kept in the record (the paper's "linearly rescaled"). Nothing is clipped.
+
+A flow record is a 28-byte header followed by the two JPEG streams::
+
+    b"FL" | version u8 (1) | mode u8 (0 fixed, 1 adaptive)
+    | x_lo f32 | x_hi f32 | y_lo f32 | y_hi f32 | len_x u32 | len_y u32 | jpeg_x | jpeg_y
+
+(little endian). For the fixed mode lo = -B and hi = B.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import cv2
+import numpy as np
+
+HEADER = struct.Struct("<2sBBffffII")
+MAGIC = b"FL"
+VERSION = 1
+FIXED, ADAPTIVE = 0, 1
+
+
+class RecordError(ValueError):
+    """A stored record that does not decode."""
+
+
+def parse_bound(text: str | float | int) -> float | str:
+    """``"adaptive"`` or a positive bound in pixels, from a CLI or metadata value."""
+    if isinstance(text, str) and text.strip().lower() == "adaptive":
+        return "adaptive"
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"bound must be a number of pixels or 'adaptive', got {text!r}") from None
+    if not value > 0:
+        raise ValueError(f"bound must be > 0 pixels, got {value}")
+    return value
+
+
+def _jpeg(image: np.ndarray, quality: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def _unjpeg(data: bytes | memoryview, flags: int) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if image is None:
+        raise RecordError("corrupt JPEG")
+    return image
+
+
+def _quantise_fixed(component: np.ndarray, bound: float) -> np.ndarray:
+    q = np.rint(component * (127.0 / bound)) + 128.0
+    return np.clip(q, 1, 255).astype(np.uint8)
+
+
+def _quantise_adaptive(component: np.ndarray) -> tuple[np.ndarray, float, float]:
+    lo, hi = float(component.min()), float(component.max())
+    if hi - lo < 1e-6:
+        return np.zeros(component.shape, np.uint8), lo, lo
+    q = np.rint((component - lo) * (255.0 / (hi - lo)))
+    return np.clip(q, 0, 255).astype(np.uint8), lo, hi
+
+
+def encode_flow(flow: np.ndarray, bound: float | str, quality: int) -> bytes:
+    """One flow field (H×W×2 float32 pixels) as a record: header + JPEG(dx) + JPEG(dy)."""
+    if flow.ndim != 3 or flow.shape[2] != 2:
+        raise ValueError(f"flow must be H×W×2, got {flow.shape}")
+    if bound == "adaptive":
+        qx, x_lo, x_hi = _quantise_adaptive(flow[..., 0])
+        qy, y_lo, y_hi = _quantise_adaptive(flow[..., 1])
+        mode = ADAPTIVE
+    else:
+        b = float(bound)
+        qx, qy = _quantise_fixed(flow[..., 0], b), _quantise_fixed(flow[..., 1], b)
+        x_lo = y_lo = -b
+        x_hi = y_hi = b
+        mode = FIXED
+    jx, jy = _jpeg(qx, quality), _jpeg(qy, quality)
+    return HEADER.pack(MAGIC, VERSION, mode, x_lo, x_hi, y_lo, y_hi, len(jx), len(jy)) + jx + jy
+
+
+def _dequantise(q: np.ndarray, mode: int, lo: float, hi: float) -> np.ndarray:
+    q = q.astype(np.float32)
+    if mode == FIXED:
+        return np.clip((q - 128.0) * (hi / 127.0), lo, hi)
+    return lo + q * ((hi - lo) / 255.0)
+
+
+def decode_flow_components(record: bytes | memoryview) -> tuple[np.ndarray, np.ndarray]:
+    """(dx, dy) as float32 H×W arrays in pixels."""
+    if len(record) < HEADER.size:
+        raise RecordError("flow record shorter than its header")
+    magic, version, mode, x_lo, x_hi, y_lo, y_hi, nx, ny = HEADER.unpack_from(record)
+    if magic != MAGIC or version != VERSION or mode not in (FIXED, ADAPTIVE):
+        raise RecordError("not a flow record (bad magic, version or mode)")
+    if HEADER.size + nx + ny != len(record):
+        raise RecordError(f"flow record is {len(record)} bytes, header says {HEADER.size + nx + ny}")
+    data = memoryview(record)
+    jx = data[HEADER.size:HEADER.size + nx]
+    jy = data[HEADER.size + nx:]
+    dx = _dequantise(_unjpeg(jx, cv2.IMREAD_GRAYSCALE), mode, x_lo, x_hi)
+    dy = _dequantise(_unjpeg(jy, cv2.IMREAD_GRAYSCALE), mode, y_lo, y_hi)
+    if dx.shape != dy.shape:
+        raise RecordError(f"dx is {dx.shape}, dy is {dy.shape}")
+    return dx, dy
+
+
+def decode_flow(record: bytes | memoryview) -> np.ndarray:
+    """A flow record back to float32 H×W×2 pixels."""
+    dx, dy = decode_flow_components(record)
+    return np.stack([dx, dy], axis=-1)
+
+
+def encode_rgb(frame_bgr: np.ndarray, quality: int) -> bytes:
+    """A BGR uint8 frame (OpenCV's order) as JPEG bytes."""
+    return _jpeg(frame_bgr, quality)
+
+
+def decode_rgb(record: bytes | memoryview) -> np.ndarray:
+    """JPEG bytes back to an RGB uint8 H×W×3 frame."""
+    return cv2.cvtColor(_unjpeg(record, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)

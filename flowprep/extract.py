@@ -1,0 +1,326 @@
+"""Whole-dataset extraction: videos → RGB JPEGs + flow JPEGs → LMDB shards.
+
+Worker processes decode a video, compute its flow and encode every record; the calling process is
+the only writer and commits each video in one transaction, so a run killed at any moment leaves
+only whole videos behind and the same command resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import lmdb
+import numpy as np
+from joblib import Parallel, delayed
+
+from flowprep import __version__
+from flowprep.codec import encode_flow, encode_rgb, parse_bound
+from flowprep.flow import ALGORITHMS, create_flow
+from flowprep.store import (
+    FAILURES_FILE,
+    MAX_KEY_BYTES,
+    SETTINGS_FILE,
+    ShardWriter,
+    StoreError,
+    read_failures,
+    record_key,
+    write_json_atomic,
+)
+from flowprep.video import VIDEO_EXTENSIONS, VideoError, VideoReader
+
+LIST_EXTENSIONS = (".txt", ".lst", ".list")
+
+
+class SourceError(Exception):
+    """SOURCE cannot be turned into a list of videos; the message says which path and why."""
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """What every video of one store is extracted with (kept in ``OUT/flowprep.json``).
+
+    ``bound``: pixels (flow clipped to ±bound) or "adaptive" (per-field min/max); ``quality`` and
+    ``rgb_quality``: JPEG quality 1-100; ``short_side``: pixels of the frames' smaller side after
+    rescaling (0 keeps the original size).
+    """
+
+    algo: str = "brox"
+    bound: float | str = 20.0
+    quality: int = 90
+    rgb_quality: int = 90
+    short_side: int = 256
+    bidirectional: bool = False
+    flow_params: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGORITHMS:
+            raise ValueError(f"--algo must be one of {', '.join(ALGORITHMS)}, got {self.algo!r}")
+        object.__setattr__(self, "bound", parse_bound(self.bound))
+        for name in ("quality", "rgb_quality"):
+            if not 1 <= int(getattr(self, name)) <= 100:
+                raise ValueError(f"{name} must be in 1..100, got {getattr(self, name)}")
+        if self.short_side < 0:
+            raise ValueError(f"short_side must be >= 0 pixels, got {self.short_side}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    video: str  # id in the store: path relative to the source root, no extension, '/'-separated
+    path: str
+
+
+@dataclass
+class ExtractedVideo:
+    video: str
+    records: list[tuple[bytes, bytes]]
+    meta: dict
+
+
+@dataclass
+class Failure:
+    video: str
+    path: str
+    reason: str
+
+
+@dataclass
+class ExtractReport:
+    total: int = 0
+    stored: int = 0
+    skipped: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    pairs: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+
+
+def _video_id(path: Path, root: Path) -> str:
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        rel = Path(path.name)
+    return rel.with_suffix("").as_posix()
+
+
+def find_videos(source: str | os.PathLike) -> list[VideoSource]:
+    """The videos of SOURCE: a video file, a folder (searched recursively for video extensions) or
+    a text file with one video path per line (relative to the list's folder; '#' starts a comment;
+    anything after the path, such as a UCF-101 label, is ignored)."""
+    src = Path(source)
+    if not src.exists():
+        raise SourceError(f"{src}: no such file or folder")
+    if src.is_dir():
+        root = src
+        paths = sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+        if not paths:
+            raise SourceError(f"{src}: no video files ({', '.join(VIDEO_EXTENSIONS)}) in this folder")
+    elif src.suffix.lower() in LIST_EXTENSIONS:
+        root = src.parent
+        paths = []
+        for line in src.read_text(errors="replace").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            path = src.parent / line  # an absolute line stays absolute
+            if not path.exists():
+                path = src.parent / line.split()[0]
+            paths.append(path)
+        if not paths:
+            raise SourceError(f"{src}: the list names no videos")
+    elif src.suffix.lower() in (".yaml", ".yml"):
+        raise SourceError(f"{src}: pipeline files are not supported yet; pass a folder or a list of videos")
+    else:
+        root = src.parent
+        paths = [src]
+    sources: dict[str, VideoSource] = {}
+    for path in paths:
+        video = _video_id(path, root)
+        if video in sources:
+            raise SourceError(f"{src}: {sources[video].path} and {path} would both be stored as {video!r}")
+        sources[video] = VideoSource(video, str(path))
+    return list(sources.values())
+
+
+def library_versions() -> dict:
+    return {"flowprep": __version__, "opencv": cv2.__version__, "numpy": np.__version__,
+            "lmdb": lmdb.__version__, "python": sys.version.split()[0]}
+
+
+def extract_video(source: VideoSource, settings: ExtractSettings, gpu: int | None = None) -> ExtractedVideo:
+    """Decode one video and encode all its records (RGB JPEGs, forward and optional backward flow).
+
+    Raises VideoError for a file that is not a usable video.
+    """
+    if len(record_key(source.video, "flow", 0)) > MAX_KEY_BYTES:
+        raise VideoError(f"id {source.video!r} is too long for an LMDB key ({MAX_KEY_BYTES} bytes)")
+    method = create_flow(settings.algo, settings.flow_params, gpu=gpu)
+    reader = VideoReader(source.path, settings.short_side)
+    records: list[tuple[bytes, bytes]] = []
+    prev_grey = None
+    backward = []
+    t = 0
+    for t, frame in enumerate(reader):
+        records.append((record_key(source.video, "rgb", t), encode_rgb(frame, settings.rgb_quality)))
+        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        if prev_grey is not None:
+            fwd = method(prev_grey, grey)
+            records.append((record_key(source.video, "flow", t - 1),
+                            encode_flow(fwd, settings.bound, settings.quality)))
+            if settings.bidirectional:
+                back = method(grey, prev_grey)
+                backward.append((record_key(source.video, "back", t - 1),
+                                 encode_flow(back, settings.bound, settings.quality)))
+        prev_grey = grey
+    reader.check_complete()
+    frames = reader.frames_read
+    if frames < 2:
+        raise VideoError("only one frame decodes; optical flow needs at least two")
+    records.extend(backward)
+    info = reader.info
+    rgb_prefix = f"{source.video}/rgb/".encode()
+    meta = {
+        "video": source.video,
+        "source": os.path.abspath(source.path),
+        "num_frames": frames,
+        "num_flows": frames - 1,
+        "num_backward": frames - 1 if settings.bidirectional else 0,
+        "width": reader.size[0],
+        "height": reader.size[1],
+        "source_width": info.width,
+        "source_height": info.height,
+        "header_frames": info.header_frames,
+        "fps": info.fps,
+        "flow": {"algo": method.name, "implementation": method.implementation, "params": method.params},
+        "bound": settings.bound,
+        "quality": settings.quality,
+        "rgb_quality": settings.rgb_quality,
+        "short_side": settings.short_side,
+        "rgb_bytes": sum(len(v) for k, v in records if k.startswith(rgb_prefix)),
+        "flow_bytes": sum(len(v) for k, v in records if not k.startswith(rgb_prefix)),
+        "versions": library_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return ExtractedVideo(source.video, records, meta)
+
+
+_PROCESS_SETUP: dict = {}
+
+
+def _claim_gpu(count: int, run_dir: str) -> int:
+    """Pin this worker process to one of ``count`` GPUs no other worker of the run holds."""
+    if "gpu" not in _PROCESS_SETUP:
+        for gpu in range(count):
+            handle = open(os.path.join(run_dir, f"gpu-{gpu}.lock"), "w")  # noqa: SIM115 - kept open
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            _PROCESS_SETUP["gpu"], _PROCESS_SETUP["gpu_lock"] = gpu, handle
+            break
+        else:
+            raise RuntimeError(f"more worker processes than the {count} GPUs")
+    return _PROCESS_SETUP["gpu"]
+
+
+def _work(source: VideoSource, settings: ExtractSettings, single_thread: bool,
+          gpus: int, run_dir: str) -> ExtractedVideo | Failure:
+    if single_thread and not _PROCESS_SETUP.get("threads"):
+        cv2.setNumThreads(1)  # several single-threaded processes beat threads; set once per process
+        _PROCESS_SETUP["threads"] = True
+    try:
+        gpu = _claim_gpu(gpus, run_dir) if gpus else None
+        return extract_video(source, settings, gpu)
+    except VideoError as exc:
+        return Failure(source.video, source.path, str(exc))
+    except Exception as exc:  # noqa: BLE001 - one bad video must not end a dataset-wide run
+        return Failure(source.video, source.path, f"{type(exc).__name__}: {exc}")
+
+
+def check_settings(out: Path, settings: ExtractSettings) -> None:
+    """Refuse to mix settings in one store; write them on the first run."""
+    path = out / SETTINGS_FILE
+    wanted = settings.to_dict()
+    if path.exists():
+        have = {**ExtractSettings().to_dict(), **json.loads(path.read_text())}
+        have["bound"] = parse_bound(have["bound"])
+        diff = [f"{k}={have[k]!r} (this run: {wanted[k]!r})" for k in wanted if have.get(k) != wanted[k]]
+        if diff:
+            raise StoreError(f"{out} was extracted with other settings: {', '.join(diff)}; "
+                             "use the same flags or another output folder")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, wanted)
+
+
+ProgressCallback = Callable[[int, ExtractReport], None]
+
+
+def run_extract(source: str | os.PathLike, out: str | os.PathLike, settings: ExtractSettings,
+                workers: int = 1, gpus: int = 0, shard_bytes: int = 8 << 30,
+                on_start: Callable[[int, int], None] | None = None,
+                on_progress: ProgressCallback | None = None) -> ExtractReport:
+    """Extract every video of SOURCE not yet complete in OUT.
+
+    ``workers`` CPU processes (or, with ``gpus`` > 0, one process per GPU) compute; this process
+    writes. ``on_start(to_do, skipped)`` is called once the store is open and ``on_progress(done,
+    report)`` after each video. Failures are recorded in
+    ``OUT/failures.json`` and in the report; a later successful run of a video clears its entry.
+    """
+    sources = find_videos(source)
+    out = Path(out)
+    if gpus < 0 or workers < 1:
+        raise ValueError("--workers must be >= 1 and --gpus >= 0")
+    check_settings(out, settings)
+    report = ExtractReport(total=len(sources))
+    start = time.perf_counter()
+    with ShardWriter(out, shard_bytes=shard_bytes) as writer:
+        failures = read_failures(out)
+        todo = [s for s in sources if s.video not in writer.complete]
+        report.skipped = len(sources) - len(todo)
+        for s in sources:
+            if s.video in writer.complete:
+                failures.pop(s.video, None)
+        if on_start is not None:
+            on_start(len(todo), report.skipped)
+        n_jobs = gpus if gpus else min(workers, max(1, len(todo)))
+        with tempfile.TemporaryDirectory(prefix="flowprep-run-") as run_dir:
+            results: Iterator[ExtractedVideo | Failure] = Parallel(
+                n_jobs=n_jobs, return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs",
+            )(delayed(_work)(s, settings, n_jobs > 1, gpus, run_dir) for s in todo)
+            try:
+                for done, result in enumerate(results, start=1):
+                    if isinstance(result, Failure):
+                        report.failures.append(result)
+                        failures[result.video] = {"path": result.path, "reason": result.reason}
+                        write_json_atomic(out / FAILURES_FILE, failures)
+                    else:
+                        writer.put_video(result.video, result.records, result.meta)
+                        report.stored += 1
+                        report.pairs += result.meta["num_flows"]
+                        report.bytes += result.meta["rgb_bytes"] + result.meta["flow_bytes"]
+                        if failures.pop(result.video, None) is not None:
+                            write_json_atomic(out / FAILURES_FILE, failures)
+                    report.seconds = time.perf_counter() - start
+                    if on_progress is not None:
+                        on_progress(done, report)
+            except KeyboardInterrupt:
+                report.interrupted = True
+        write_json_atomic(out / FAILURES_FILE, failures)
+    report.failures.sort(key=lambda f: f.video)
+    report.seconds = time.perf_counter() - start
+    return report

@@ -1,0 +1,231 @@
+"""Optical flow algorithms behind one interface.
+
+Every method takes two grey frames (uint8, H×W, same size) and returns the displacement of each
+pixel of the first frame as float32 H×W×2, in pixels: ``[..., 0]`` is dx (to the right),
+``[..., 1]`` is dy (down), so ``first(y, x) ≈ second(y + dy, x + dx)``.
+
+``brox`` is the flow the paper uses (Brox, Bruhn, Papenberg and Weickert, ECCV 2004). Where OpenCV
+is built with CUDA and sees a GPU it runs ``cv2.cuda.BroxOpticalFlow`` with OpenCV's defaults (the
+paper's set-up); elsewhere it runs the same energy on the CPU: a coarse-to-fine pyramid with one
+``cv2.VariationalRefinement`` solve per level (colour + gradient constancy, Ψ-penalised smoothness,
+fixed-point iterations with an SOR inner solver, warping at every level), starting from zero flow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+ALGORITHMS = ("brox", "tvl1", "farneback", "dis")
+
+
+class FlowError(RuntimeError):
+    """A flow method cannot run here (for example CUDA asked for but missing)."""
+
+
+@dataclass
+class FlowMethod:
+    """A configured flow algorithm: call it with two grey frames.
+
+    ``implementation`` names the code that ran (e.g. ``opencv-cuda-brox``) and ``params`` its
+    settings; both go into each video's metadata so a store says how its flow was made.
+    """
+
+    name: str
+    implementation: str
+    params: dict
+    compute: Callable[[np.ndarray, np.ndarray], np.ndarray] = field(repr=False)
+
+    def __call__(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        if prev.shape != nxt.shape or prev.ndim != 2:
+            raise ValueError(f"need two grey frames of one size, got {prev.shape} and {nxt.shape}")
+        flow = self.compute(prev, nxt)
+        return np.ascontiguousarray(flow, dtype=np.float32)
+
+
+# Tuned on the Middlebury RubberWhale/Grove3/Urban2 pairs and the synthetic pairs of the tests
+# (see README, "Flow algorithms"). Intensities are 0-255; the data terms of VariationalRefinement
+# are normalised by |∇I|² + 0.01, so the GPU values (alpha 0.197, gamma 50 on [0, 1]) do not apply.
+BROX_CPU_DEFAULTS = {
+    "alpha": 3.0,  # smoothness weight
+    "gamma": 3.0,  # gradient constancy weight
+    "delta": 1.0,  # colour (brightness) constancy weight
+    "scale": 0.8,  # pyramid scale factor between levels
+    "min_side": 16,  # pixels: the coarsest level's smaller side is at least this
+    "sigma": 0.6,  # pixels: Gaussian pre-smoothing of the input frames
+    "outer_iterations": 5,  # fixed-point (lagged non-linearity) iterations per level
+    "inner_iterations": 25,  # SOR iterations per fixed-point iteration
+    "omega": 1.6,  # SOR relaxation factor
+}
+
+# OpenCV's cuda::BroxOpticalFlow defaults, which the paper used through OpenCV; images in [0, 1].
+BROX_CUDA_DEFAULTS = {
+    "alpha": 0.197,
+    "gamma": 50.0,
+    "scale_factor": 0.8,
+    "inner_iterations": 5,
+    "outer_iterations": 150,
+    "solver_iterations": 10,
+}
+
+
+def opencv_cuda_devices() -> int:
+    """Number of CUDA devices OpenCV can use (0 for every OpenCV wheel on PyPI)."""
+    try:
+        return int(cv2.cuda.getCudaEnabledDeviceCount())
+    except (AttributeError, cv2.error):
+        return 0
+
+
+def has_opencv_cuda_brox() -> bool:
+    return opencv_cuda_devices() > 0 and hasattr(cv2.cuda, "BroxOpticalFlow_create")
+
+
+def _scaled_pyramid(image: np.ndarray, scale: float, min_side: int) -> list[np.ndarray]:
+    levels = [image]
+    while min(levels[-1].shape[:2]) * scale >= min_side:
+        h, w = levels[-1].shape[:2]
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        levels.append(cv2.resize(levels[-1], size, interpolation=cv2.INTER_AREA))
+    return levels
+
+
+def _resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:
+    fh, fw = flow.shape[:2]
+    out = cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR)
+    out[..., 0] *= width / fw
+    out[..., 1] *= height / fh
+    return out
+
+
+def brox_cpu(params: dict | None = None) -> FlowMethod:
+    p = {**BROX_CPU_DEFAULTS, **(params or {})}
+    if not 0.3 <= p["scale"] < 1.0:
+        raise ValueError(f"brox scale must be in [0.3, 1), got {p['scale']}")
+    refine = cv2.VariationalRefinement_create()
+    refine.setAlpha(float(p["alpha"]))
+    refine.setGamma(float(p["gamma"]))
+    refine.setDelta(float(p["delta"]))
+    refine.setFixedPointIterations(int(p["outer_iterations"]))
+    refine.setSorIterations(int(p["inner_iterations"]))
+    refine.setOmega(float(p["omega"]))
+
+    def compute(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        a, b = prev.astype(np.float32), nxt.astype(np.float32)
+        if p["sigma"] > 0:
+            a = cv2.GaussianBlur(a, (0, 0), p["sigma"])
+            b = cv2.GaussianBlur(b, (0, 0), p["sigma"])
+        pyr_a = _scaled_pyramid(a, p["scale"], p["min_side"])
+        pyr_b = _scaled_pyramid(b, p["scale"], p["min_side"])
+        flow = np.zeros(pyr_a[-1].shape + (2,), np.float32)
+        for level_a, level_b in zip(reversed(pyr_a), reversed(pyr_b), strict=True):
+            h, w = level_a.shape
+            if flow.shape[:2] != (h, w):
+                flow = _resize_flow(flow, h, w)
+            refine.calc(level_a, level_b, flow)
+        return flow
+
+    return FlowMethod("brox", "cpu-pyramid-variational-refinement", p, compute)
+
+
+def brox_cuda(params: dict | None = None, device: int = 0) -> FlowMethod:
+    if not has_opencv_cuda_brox():
+        raise FlowError(
+            "this OpenCV has no CUDA (cv2.cuda.getCudaEnabledDeviceCount() is 0; no PyPI wheel has it): "
+            "drop --gpus to run brox on the CPU"
+        )
+    p = {**BROX_CUDA_DEFAULTS, **(params or {})}
+    cv2.cuda.setDevice(device)
+    brox = cv2.cuda.BroxOpticalFlow_create(
+        p["alpha"], p["gamma"], p["scale_factor"],
+        p["inner_iterations"], p["outer_iterations"], p["solver_iterations"],
+    )
+    gpu_a, gpu_b = cv2.cuda_GpuMat(), cv2.cuda_GpuMat()
+
+    def compute(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        gpu_a.upload(prev.astype(np.float32) / 255.0)
+        gpu_b.upload(nxt.astype(np.float32) / 255.0)
+        return brox.calc(gpu_a, gpu_b, None).download()
+
+    return FlowMethod("brox", "opencv-cuda-brox", {**p, "device": device}, compute)
+
+
+TVL1_DEFAULTS = {"tau": 0.25, "lambda": 0.15, "theta": 0.3, "scales": 5, "warps": 5,
+                 "epsilon": 0.01, "scale_step": 0.5}
+
+
+def tvl1(params: dict | None = None) -> FlowMethod:
+    p = {**TVL1_DEFAULTS, **(params or {})}
+    tv = cv2.optflow.DualTVL1OpticalFlow_create(
+        tau=p["tau"], lambda_=p["lambda"], theta=p["theta"], nscales=int(p["scales"]),
+        warps=int(p["warps"]), epsilon=p["epsilon"], scaleStep=p["scale_step"],
+    )
+    return FlowMethod("tvl1", "opencv-dual-tvl1", p, lambda a, b: tv.calc(a, b, None))
+
+
+FARNEBACK_DEFAULTS = {"pyr_scale": 0.5, "levels": 5, "winsize": 15, "iterations": 3,
+                      "poly_n": 5, "poly_sigma": 1.2}
+
+
+def farneback(params: dict | None = None) -> FlowMethod:
+    p = {**FARNEBACK_DEFAULTS, **(params or {})}
+
+    def compute(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return cv2.calcOpticalFlowFarneback(
+            a, b, None, p["pyr_scale"], int(p["levels"]), int(p["winsize"]),
+            int(p["iterations"]), int(p["poly_n"]), p["poly_sigma"], 0,
+        )
+
+    return FlowMethod("farneback", "opencv-farneback", p, compute)
+
+
+DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+               "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+               "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+
+
+def dis(params: dict | None = None) -> FlowMethod:
+    p = {"preset": "medium", **(params or {})}
+    if p["preset"] not in DIS_PRESETS:
+        raise ValueError(f"dis preset must be one of {sorted(DIS_PRESETS)}, got {p['preset']!r}")
+    method = cv2.DISOpticalFlow_create(DIS_PRESETS[p["preset"]])
+    return FlowMethod("dis", "opencv-dis", p, lambda a, b: method.calc(a, b, None))
+
+
+def create_flow(algo: str, params: dict | None = None, gpu: int | None = None) -> FlowMethod:
+    """The flow method named ``algo``; ``gpu`` picks a CUDA device for ``brox``.
+
+    ``brox`` without ``gpu`` runs OpenCV's CUDA Brox when OpenCV has CUDA, else the CPU pyramid.
+    """
+    if algo == "brox":
+        if gpu is not None or has_opencv_cuda_brox():
+            return brox_cuda(params, device=gpu or 0)
+        return brox_cpu(params)
+    if gpu is not None:
+        raise FlowError(f"--gpus runs brox only; {algo} runs on the CPU")
+    makers = {"tvl1": tvl1, "farneback": farneback, "dis": dis}
+    if algo not in makers:
+        raise ValueError(f"unknown flow algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
+    return makers[algo](params)
+
+
+def end_point_error(flow: np.ndarray, truth: np.ndarray) -> float:
+    """Mean Euclidean distance in pixels between two flow fields; ground truth ≥ 1e9 is unknown."""
+    known = np.all(np.abs(truth) < 1e9, axis=-1)
+    return float(np.linalg.norm(flow - truth, axis=-1)[known].mean())
+
+
+def read_flo(path: str) -> np.ndarray:
+    """Read a Middlebury ``.flo`` file as float32 H×W×2."""
+    with open(path, "rb") as f:
+        magic = np.fromfile(f, np.float32, 1)
+        if magic.size != 1 or magic[0] != 202021.25:
+            raise ValueError(f"{path}: not a Middlebury .flo file")
+        w, h = (int(v) for v in np.fromfile(f, np.int32, 2))
+        data = np.fromfile(f, np.float32, w * h * 2)
+    if data.size != w * h * 2:
+        raise ValueError(f"{path}: truncated .flo file")
+    return data.reshape(h, w, 2)
