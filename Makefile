@@ -9,6 +9,8 @@ TORCH_SPEC ?= torch==2.13.0
 WORKERS ?= 2
 DEMO_DIR ?= runs/demo
 
+SHARED_VIDEOS ?= ../shared/data/videos
+
 .PHONY: install test lint demo clean
 
 install: $(STAMP)
@@ -24,6 +26,13 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	@test -d "$(SHARED_VIDEOS)" || { echo "make demo: $(SHARED_VIDEOS) not found (the real demo clips)"; exit 1; }
+	$(BIN)/flowprep extract "$(SHARED_VIDEOS)" $(DEMO_DIR)/flow --workers $(WORKERS)
+	$(BIN)/flowprep info $(DEMO_DIR)/flow
+	$(BIN)/flowprep verify $(DEMO_DIR)/flow
+	$(BIN)/flowprep show $(DEMO_DIR)/flow v_ApplyEyeMakeup_g01_c01 --frame 100 -o $(DEMO_DIR)/flow-figure.png
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

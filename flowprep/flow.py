@@ -50,7 +50,7 @@ class FlowMethod:
 # (see README, "Flow algorithms"). Intensities are 0-255; the data terms of VariationalRefinement
 # are normalised by |∇I|² + 0.01, so the GPU values (alpha 0.197, gamma 50 on [0, 1]) do not apply.
 BROX_CPU_DEFAULTS = {
-    "alpha": 3.0,  # smoothness weight
+    "alpha": 4.0,  # smoothness weight
     "gamma": 3.0,  # gradient constancy weight
     "delta": 1.0,  # colour (brightness) constancy weight
     "scale": 0.8,  # pyramid scale factor between levels
