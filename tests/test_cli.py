@@ -74,7 +74,8 @@ def test_bad_files_are_failures_and_the_run_goes_on(video_dir: Path, tmp_path: P
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     for name, reason in [("empty.avi", "empty file"), ("notes.avi", "not a video"), ("cut.avi", "truncated")]:
-        line = next(ln for ln in result.stderr.splitlines() if ln.strip().startswith("failed:") and name in ln)
+        failed = [ln for ln in result.stderr.splitlines() if ln.strip().startswith("failed:")]
+        line = next(ln for ln in failed if name in ln)
         assert reason in line
     assert FlowStore(out).videos() == ["good"]
     failures = json.loads((out / "failures.json").read_text())
