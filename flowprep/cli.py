@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -10,13 +11,21 @@ from pathlib import Path
 
 import click
 import cv2
+from click.core import ParameterSource
 
 from flowprep.check import summarize, verify
 from flowprep.codec import parse_bound
 from flowprep.extract import ExtractReport, ExtractSettings, SourceError, run_extract
 from flowprep.flow import ALGORITHMS, FlowError
+from flowprep.pipeline import DATA_ENV, Pipeline, PipelineError, is_pipeline_file, load_pipeline, prepare
+from flowprep.splits import SplitError, match_videos, read_split
 from flowprep.store import FlowStore, StoreError
+from flowprep.synthetic import SynthConfig, write_dataset
 from flowprep.visualize import figure
+
+DATA_ROOT_OPTION = click.option(
+    "--data-root", type=click.Path(path_type=Path), envvar=DATA_ENV, default=None,
+    help=f"Folder the pipeline's paths are relative to [env {DATA_ENV}; default: data/ beside pipelines/].")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -67,15 +76,44 @@ def main() -> None:
 
     \b
     flowprep extract videos/ out/       decode, compute flow, store (resumable)
+    flowprep extract pipelines/ucf101.yaml   the same for a dataset's pipeline file
+    flowprep data pipelines/ucf101.yaml      unpack (or, built-in, generate) a dataset
+    flowprep splits pipelines/ucf101.yaml    official splits: counts, missing videos
+    flowprep synth out/                 write the built-in dataset
     flowprep info out/                  counts, sizes, compression, failures
     flowprep verify out/                decode every record, check counts
     flowprep show out/ VIDEO -o f.png   frame, dx, dy and colour-coded flow
     """
 
 
+def _load_pipeline(path: Path, data_root: Path | None) -> Pipeline:
+    try:
+        return load_pipeline(path, data_root)
+    except PipelineError as exc:
+        _fail(str(exc))
+
+
+def _split_reports(pipeline: Pipeline, available: list[str], where: str) -> tuple[list[str], bool]:
+    """One line per split of the pipeline (counts, videos missing from ``where``); True if a
+    split file could not be read."""
+    lines, broken = [], False
+    for number in pipeline.split_numbers:
+        try:
+            split = read_split(pipeline.split_format, pipeline.splits, number)
+        except SplitError as exc:
+            lines.append(f"split {number}: {exc}")
+            broken = True
+            continue
+        split.dataset = pipeline.name
+        matched = match_videos(split, available)
+        lines.append(f"{split.describe()}; {matched.report(where)}")
+    return lines, broken
+
+
 @main.command()
 @click.argument("source", type=click.Path(path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path), required=False)
+@DATA_ROOT_OPTION
 @click.option("--algo", type=click.Choice(ALGORITHMS), default="brox", show_default=True,
               help="Flow algorithm. brox: OpenCV CUDA Brox where OpenCV has CUDA, else the CPU pyramid.")
 @click.option("--bound", default="20", show_default=True, callback=_bound,
@@ -96,23 +134,37 @@ def main() -> None:
               help="Start a new shard-NNNNN.lmdb once a shard holds this much.")
 @click.option("--param", "flow_params", multiple=True, callback=_params, metavar="KEY=VALUE",
               help="Override a flow parameter, e.g. --param alpha=4 (repeatable; see README).")
-def extract(source: Path, out: Path, algo: str, bound: float | str, quality: int, rgb_quality: int,
-            short_side: int, bidirectional: bool, workers: int, gpus: int, shard_size: str,
-            flow_params: dict) -> None:
+def extract(source: Path, out: Path | None, data_root: Path | None, algo: str, bound: float | str,
+            quality: int, rgb_quality: int, short_side: int, bidirectional: bool, workers: int, gpus: int,
+            shard_size: str, flow_params: dict) -> None:
     """Extract RGB frames and optical flow of every video in SOURCE into OUT.
 
-    SOURCE is a video, a folder searched recursively for videos, or a text file listing one
-    video path per line. A video's id in OUT is its path relative to SOURCE without extension.
-    Running the same command again skips videos already stored, so an interrupted or killed run
-    resumes where it stopped. Videos that cannot be read are listed at the end and the exit
-    status is 1.
+    SOURCE is a video, a folder searched recursively for videos, a text file listing one video
+    path per line, or a pipeline file (pipelines/ucf101.yaml), whose videos, output folder and flow
+    settings are then used; flags given on the command line override the pipeline's settings.
+    A video's id in OUT is its path relative to SOURCE without extension. Running the same command
+    again skips videos already stored, so an interrupted or killed run resumes where it stopped.
+    Videos that cannot be read are listed at the end and the exit status is 1.
     """
+    ctx = click.get_current_context()
+    given = {name: value for name, value in [
+        ("algo", algo), ("bound", bound), ("quality", quality), ("rgb_quality", rgb_quality),
+        ("short_side", short_side), ("bidirectional", bidirectional), ("flow_params", flow_params),
+    ] if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    pipeline = None
     try:
-        settings = ExtractSettings(algo=algo, bound=bound, quality=quality, rgb_quality=rgb_quality,
-                                   short_side=short_side, bidirectional=bidirectional,
-                                   flow_params=flow_params)
-    except ValueError as exc:
+        if is_pipeline_file(source):
+            pipeline = _load_pipeline(source, data_root)
+            pipeline.check_present()
+            source, out = pipeline.videos, out or pipeline.out
+            settings = dataclasses.replace(pipeline.flow, **given)
+        else:
+            if out is None:
+                _fail("OUT is required unless SOURCE is a pipeline file")
+            settings = ExtractSettings(**given)
+    except (ValueError, PipelineError) as exc:
         _fail(str(exc))
+    algo = settings.algo
     if gpus:
         from flowprep.flow import has_opencv_cuda_brox
 
@@ -151,6 +203,11 @@ def extract(source: Path, out: Path, algo: str, bound: float | str, quality: int
                f"failed {len(report.failures)}", err=True)
     for failure in report.failures:
         click.echo(f"  failed: {failure.path}: {failure.reason}", err=True)
+    if pipeline is not None and not report.interrupted:
+        store = FlowStore(out)
+        for line in _split_reports(pipeline, store.videos(), str(out))[0]:
+            click.echo(line, err=True)
+        store.close()
     if report.interrupted:
         click.echo("interrupted: run the same command again to resume", err=True)
         sys.exit(130)
@@ -234,3 +291,77 @@ def show(out: Path, video: str, t: int, output: Path | None) -> None:
     if not cv2.imwrite(str(output), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
         _fail(f"{output}: cannot write the PNG")
     click.echo(f"wrote {output}")
+
+
+@main.command()
+@click.argument("pipeline_file", metavar="PIPELINE", type=click.Path(path_type=Path))
+@DATA_ROOT_OPTION
+def data(pipeline_file: Path, data_root: Path | None) -> None:
+    """Make a dataset present in the data root: generate the built-in one, or unpack the official
+    archives (UCF101.rar, ...) that you put in the data root (needs unrar, 7z, unar or bsdtar for
+    .rar files). Says where to get the archives when they are not there."""
+    pipeline = _load_pipeline(pipeline_file, data_root)
+    try:
+        prepare(pipeline, log=lambda line: click.echo(line, err=True))
+        pipeline.check_present()
+    except PipelineError as exc:
+        _fail(str(exc))
+    click.echo(f"{pipeline.name}: videos in {pipeline.videos}, splits in {pipeline.splits}")
+
+
+@main.command()
+@click.argument("pipeline_file", metavar="PIPELINE", type=click.Path(path_type=Path))
+@DATA_ROOT_OPTION
+@click.option("--store", type=click.Path(path_type=Path), default=None,
+              help="Check the splits against this store [default: the pipeline's output, else its videos].")
+def splits(pipeline_file: Path, data_root: Path | None, store: Path | None) -> None:
+    """Read the official splits of a dataset: train/test counts per split, and which videos the
+    splits name that are missing from the store (or the videos folder)."""
+    pipeline = _load_pipeline(pipeline_file, data_root)
+    if not pipeline.splits.is_dir():
+        _fail(pipeline.missing_message())
+    store = store or (pipeline.out if pipeline.out.is_dir() else None)
+    if store is not None:
+        flow_store = _open(store)
+        available, where = flow_store.videos(), str(store)
+    else:
+        from flowprep.extract import SourceError, find_videos
+
+        try:
+            available = [v.video for v in find_videos(pipeline.videos)] if pipeline.videos.is_dir() else []
+        except SourceError:
+            available = []
+        where = str(pipeline.videos)
+    lines, broken = _split_reports(pipeline, available, where)
+    for line in lines:
+        click.echo(line)
+    if broken:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--motion-classes", type=click.IntRange(0, 8), default=8, show_default=True,
+              help="Classes that differ only in motion (left/right, up/down, rotations, expand/contract).")
+@click.option("--appearance-classes", type=click.IntRange(0, 6), default=4, show_default=True,
+              help="Classes that differ only in appearance (shape and colour).")
+@click.option("--clips-per-class", type=click.IntRange(min=2), default=16, show_default=True)
+@click.option("--frames", type=click.IntRange(min=2), default=24, show_default=True, help="Frames per clip.")
+@click.option("--width", type=click.IntRange(min=48), default=170, show_default=True, help="Pixels.")
+@click.option("--height", type=click.IntRange(min=48), default=128, show_default=True, help="Pixels.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def synth(out: Path, motion_classes: int, appearance_classes: int, clips_per_class: int, frames: int,
+          width: int, height: int, seed: int) -> None:
+    """Write the built-in dataset to OUT: AVI clips in the UCF-101 layout (OUT/videos/<Class>/...)
+    and split files (OUT/splits/classInd.txt, trainlist01.txt, testlist01.txt)."""
+    try:
+        cfg = SynthConfig(motion_classes=motion_classes, appearance_classes=appearance_classes,
+                          clips_per_class=clips_per_class, frames=frames, width=width, height=height,
+                          seed=seed)
+    except ValueError as exc:
+        _fail(str(exc))
+    total = (motion_classes + appearance_classes) * clips_per_class
+    with click.progressbar(length=total, label="clips", file=sys.stderr, show_pos=True) as bar:
+        summary = write_dataset(out, cfg, on_clip=lambda: bar.update(1))
+    click.echo(f"wrote {total} clips of {len(summary['classes'])} classes to {out}/videos "
+               f"({summary['train']} train, {summary['test']} test in {out}/splits)")
