@@ -6,12 +6,11 @@ STAMP := $(VENV)/.installed
 # The CPU wheel of torch is installed first so that pip never pulls a multi-GB CUDA build;
 # override (e.g. TORCH_SPEC=torch) to keep a torch you already have.
 TORCH_SPEC ?= torch==2.13.0
-WORKERS ?= 2
-DEMO_DIR ?= runs/demo
+WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+DATASET ?= synthetic
+# Data root of the pipeline files: TWOSTREAM_DATA=/big/disk make flow DATASET=ucf101
 
-SHARED_VIDEOS ?= ../shared/data/videos
-
-.PHONY: install test lint demo clean
+.PHONY: install test lint data flow demo clean
 
 install: $(STAMP)
 
@@ -27,12 +26,20 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
+data: $(STAMP)
+	$(BIN)/flowprep data pipelines/$(DATASET).yaml
+
+flow: $(STAMP)
+	$(BIN)/flowprep extract pipelines/$(DATASET).yaml --workers $(WORKERS)
+
+# The flow part of the whole job on the built-in dataset (training joins when the trainer lands).
 demo: $(STAMP)
-	@test -d "$(SHARED_VIDEOS)" || { echo "make demo: $(SHARED_VIDEOS) not found (the real demo clips)"; exit 1; }
-	$(BIN)/flowprep extract "$(SHARED_VIDEOS)" $(DEMO_DIR)/flow --workers $(WORKERS)
-	$(BIN)/flowprep info $(DEMO_DIR)/flow
-	$(BIN)/flowprep verify $(DEMO_DIR)/flow
-	$(BIN)/flowprep show $(DEMO_DIR)/flow v_ApplyEyeMakeup_g01_c01 --frame 100 -o $(DEMO_DIR)/flow-figure.png
+	$(BIN)/flowprep data pipelines/synthetic.yaml
+	$(BIN)/flowprep extract pipelines/synthetic.yaml --workers $(WORKERS)
+	$(BIN)/flowprep info $${TWOSTREAM_DATA:-data}/flow/synthetic
+	$(BIN)/flowprep verify $${TWOSTREAM_DATA:-data}/flow/synthetic
+	$(BIN)/flowprep show $${TWOSTREAM_DATA:-data}/flow/synthetic RotateClockwise/v_RotateClockwise_g01_c01 \
+		--frame 10 -o $${TWOSTREAM_DATA:-data}/flow/synthetic-figure.png
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -136,7 +136,7 @@ class Matched:
     missing: list[SplitVideo]
 
     def report(self, where: str) -> str:
-        wanted = len(self.split.train) + len(self.split.test)
+        wanted = len(self.split.train) + len(self.split.test) + len(self.missing)
         if not self.missing:
             return f"all {wanted} videos of {self.split.dataset} split {self.split.number} are in {where}"
         first = ", ".join(v.video for v in self.missing[:5])
