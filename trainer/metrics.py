@@ -1,0 +1,57 @@
+"""Training metrics: rows appended to ``metrics.csv`` and a PNG of the curves."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+FIELDS = ("iteration", "kind", "dataset", "lr", "loss", "accuracy", "samples_per_s", "seconds")
+
+
+def append_row(path: str | os.PathLike, **row: object) -> None:
+    """Append one row (kind "train" or "val") to the CSV, writing the header on a new file."""
+    path = Path(path)
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row.get(k, "") for k in FIELDS})
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_curves(csv_path: str | os.PathLike, png_path: str | os.PathLike, title: str = "") -> None:
+    """Training loss and validation accuracy against iterations, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_rows(csv_path)
+    train = [(int(r["iteration"]), float(r["loss"])) for r in rows if r["kind"] == "train" and r["loss"]]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    if train:
+        ax_loss.plot(*zip(*train, strict=True), label="train loss")
+    ax_loss.set_xlabel("iteration")
+    ax_loss.set_ylabel("cross-entropy")
+    ax_loss.set_title("training loss")
+    for dataset in sorted({r["dataset"] for r in rows if r["kind"] == "val"}):
+        val = [(int(r["iteration"]), 100 * float(r["accuracy"])) for r in rows
+               if r["kind"] == "val" and r["dataset"] == dataset]
+        ax_acc.plot(*zip(*val, strict=True), marker="o", label=dataset)
+    ax_acc.set_xlabel("iteration")
+    ax_acc.set_ylabel("top-1 accuracy (%)")
+    ax_acc.set_title("validation (centre crop, middle frame)")
+    ax_acc.set_ylim(0, 100)
+    if ax_acc.lines:
+        ax_acc.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
