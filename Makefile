@@ -10,7 +10,7 @@ WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 DATASET ?= synthetic
 # Data root of the pipeline files: TWOSTREAM_DATA=/big/disk make flow DATASET=ucf101
 
-.PHONY: install test lint data flow demo clean
+.PHONY: install test lint data flow demo evaluate clean
 
 install: $(STAMP)
 
@@ -32,14 +32,37 @@ data: $(STAMP)
 flow: $(STAMP)
 	$(BIN)/flowprep extract pipelines/$(DATASET).yaml --workers $(WORKERS)
 
-# The flow part of the whole job on the built-in dataset (training joins when the trainer lands).
+DATA := $${TWOSTREAM_DATA:-data}
+
+# The whole job on the built-in dataset: data, flow, both streams trained, tested and fused.
+# Re-running it resumes: finished steps are skipped.
 demo: $(STAMP)
 	$(BIN)/flowprep data pipelines/synthetic.yaml
 	$(BIN)/flowprep extract pipelines/synthetic.yaml --workers $(WORKERS)
-	$(BIN)/flowprep info $${TWOSTREAM_DATA:-data}/flow/synthetic
-	$(BIN)/flowprep verify $${TWOSTREAM_DATA:-data}/flow/synthetic
-	$(BIN)/flowprep show $${TWOSTREAM_DATA:-data}/flow/synthetic RotateClockwise/v_RotateClockwise_g01_c01 \
-		--frame 10 -o $${TWOSTREAM_DATA:-data}/flow/synthetic-figure.png
+	$(BIN)/flowprep verify $(DATA)/flow/synthetic --no-decode
+	$(BIN)/flowprep show $(DATA)/flow/synthetic Rotate/v_Rotate_g01_c01 --frame 10 -o runs/demo/flow-figure.png
+	$(BIN)/trainer fit configs/synthetic-spatial.yaml --resume
+	$(BIN)/trainer fit configs/synthetic-temporal.yaml --resume
+	$(BIN)/trainer test runs/synthetic-spatial/checkpoint.pt --train-scores --train-frames 5 -o runs/demo
+	$(BIN)/trainer test runs/synthetic-temporal/checkpoint.pt --train-scores --train-frames 5 -o runs/demo
+	$(BIN)/trainer fuse runs/demo/scores-synthetic-split1-spatial-test.npz \
+		runs/demo/scores-synthetic-split1-temporal-test.npz \
+		--groups $(DATA)/synthetic/classes.json -o runs/demo/table3.md
+	@echo
+	@echo "artefacts:"
+	@echo "  videos and splits   $(DATA)/synthetic/videos, $(DATA)/synthetic/splits"
+	@echo "  flow shards         $(DATA)/flow/synthetic/shard-*.lmdb (flowprep info $(DATA)/flow/synthetic)"
+	@echo "  flow picture        runs/demo/flow-figure.png"
+	@echo "  checkpoints         runs/synthetic-spatial/checkpoint.pt, runs/synthetic-temporal/checkpoint.pt"
+	@echo "  training curves     runs/synthetic-spatial/curves.png, runs/synthetic-temporal/curves.png"
+	@echo "  metrics             runs/synthetic-spatial/metrics.csv, runs/synthetic-temporal/metrics.csv"
+	@echo "  scores              runs/demo/scores-synthetic-split1-{spatial,temporal}-{test,train}.npz"
+	@echo "  confusion matrices  runs/demo/confusion-synthetic-split1-{spatial,temporal}.png"
+	@echo "  fusion table        runs/demo/table3.md"
+
+# Table 4 of the paper from the test score files of splits 1-3 (trainer test ... --split N -o runs/eval).
+evaluate: $(STAMP)
+	$(BIN)/trainer report runs/eval/scores-$(DATASET)-split*-test.npz
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

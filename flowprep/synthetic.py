@@ -2,17 +2,19 @@
 
 Two kinds of classes, as the paper's argument for two streams:
 
-* motion-only classes (``MoveLeft``, ``MoveRight``, ``MoveUp``, ``MoveDown``, ``RotateClockwise``,
-  ``RotateAnticlockwise``, ``Expand``, ``Contract``): every clip shows an object drawn from ONE shared
-  appearance distribution (a textured ellipse of random shape, texture and muted colour); only the
-  motion tells the classes apart. Start positions, angles and sizes are drawn so that a single frame
-  has the same distribution in, e.g., ``MoveLeft`` and ``MoveRight``.
+* motion-only classes (``MoveUp``, ``MoveDown``, ``MoveSideways``, ``Oscillate``, ``Rotate``, ``Still``,
+  ``Expand``, ``Contract``): every clip shows an object drawn from ONE shared appearance distribution
+  (a textured ellipse of random shape, texture and muted colour); only the motion tells the classes
+  apart. Start positions, angles and sizes are drawn so that a single frame has the same distribution
+  in, e.g., ``MoveUp`` and ``MoveDown`` or ``Expand`` and ``Contract``.
 * appearance-only classes (``RedDisc``, ``BlueSquare``, ``GreenTriangle``, ``YellowStar``,
   ``PurpleCross``, ``CyanRing``): a class-specific shape and colour, moving with a motion drawn from
   the same pool for every class; only the appearance tells them apart.
 
 Every clip has its own textured, coloured background, random object size, placement and speed,
-sensor noise and a little camera shake. Output is the UCF-101 layout:
+sensor noise and a little camera shake. Every class is unchanged by a horizontal flip, as real
+actions are, because training and testing flip their inputs: left and right moves form one class
+(``MoveSideways``), and so do both directions of rotation. Output is the UCF-101 layout:
 ``videos/<Class>/v_<Class>_gGG_cCC.avi`` (Xvid, MPEG-4 part 2, as UCF-101), and ``splits/`` with
 ``classInd.txt``, ``trainlist01.txt`` and ``testlist01.txt`` (test: the first quarter of the groups,
 as UCF-101's split 1 holds out groups 1-7), plus ``classes.json`` saying which class is of which
@@ -32,8 +34,7 @@ import numpy as np
 
 from flowprep.pairs import texture
 
-MOTIONS = ("MoveLeft", "MoveRight", "MoveUp", "MoveDown", "RotateClockwise", "RotateAnticlockwise",
-           "Expand", "Contract")
+MOTIONS = ("MoveUp", "MoveDown", "MoveSideways", "Oscillate", "Rotate", "Still", "Expand", "Contract")
 APPEARANCES = {  # class → (shape, hue in OpenCV's 0-179)
     "RedDisc": ("disc", 0),
     "BlueSquare": ("square", 115),
@@ -130,7 +131,8 @@ def _trajectory(motion: str, cfg: SynthConfig, radius: float, rng: np.random.Gen
     angles = np.full(cfg.frames, angle0)
     scales = np.full(cfg.frames, rng.uniform(0.7, 1.6))  # sizes overlap those of Expand/Contract
     if motion.startswith("Move"):
-        direction = {"MoveLeft": (-1, 0), "MoveRight": (1, 0), "MoveUp": (0, -1), "MoveDown": (0, 1)}[motion]
+        sideways = rng.choice([(-1, 0), (1, 0)])
+        direction = {"MoveUp": (0, -1), "MoveDown": (0, 1), "MoveSideways": tuple(sideways)}[motion]
         axis = 0 if direction[1] == 0 else 1
         room = hi[axis] - lo[axis]
         speed = min(rng.uniform(1.5, 3.0), 0.9 * room / max(span, 1))  # pixels per frame
@@ -139,12 +141,17 @@ def _trajectory(motion: str, cfg: SynthConfig, radius: float, rng: np.random.Gen
         start_hi = np.where(velocity > 0, hi - velocity * span, hi)
         start = rng.uniform(start_lo, start_hi)
         centres = start[None, :] + velocity[None, :] * t[:, None]
+    elif motion == "Oscillate":
+        axis = int(rng.integers(2))
+        amplitude, period = rng.uniform(5.0, 10.0), rng.uniform(6.0, 10.0)  # pixels, frames
+        centre = rng.uniform(lo, hi)
+        centres = np.repeat(centre[None, :], cfg.frames, axis=0)
+        centres[:, axis] += amplitude * np.sin(2 * np.pi * t / period + rng.uniform(0, 2 * np.pi))
     else:
         centres = np.repeat(rng.uniform(lo, hi)[None, :], cfg.frames, axis=0)
-        if motion.startswith("Rotate"):
-            sign = -1.0 if motion == "RotateClockwise" else 1.0  # OpenCV: positive = anticlockwise
-            angles = angle0 + sign * rng.uniform(5.0, 9.0) * t
-        else:
+        if motion == "Rotate":
+            angles = angle0 + rng.choice([-1.0, 1.0]) * rng.uniform(5.0, 9.0) * t  # degrees per frame
+        elif motion in ("Expand", "Contract"):
             # the object grows (or shrinks) by a factor of 1.7-2.3 over the clip, whatever its length
             rate = rng.uniform(1.7, 2.3) ** ((t if motion == "Expand" else span - t) / max(span, 1))
             scales = rng.uniform(0.6, 0.8) * rate

@@ -8,8 +8,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 
+from flowprep.extract import ExtractSettings, run_extract
 from flowprep.pairs import texture
+from flowprep.synthetic import SynthConfig, write_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -64,3 +67,34 @@ def copy(src: Path, dst: Path) -> Path:
 
 def grey(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-class built-in dataset (6 clips of 8 frames a class) extracted with DIS."""
+    root = tmp_path_factory.mktemp("tiny")
+    for name, seed in (("a", 0), ("b", 1)):
+        write_dataset(root / name, SynthConfig(motion_classes=2, appearance_classes=2, clips_per_class=6,
+                                               clips_per_group=1, frames=8, width=96, height=72, seed=seed))
+        run_extract(root / name / "videos", root / name / "flow", ExtractSettings(algo="dis", short_side=0),
+                    workers=2)
+    return root
+
+
+def write_config(tiny: Path, tmp_path: Path, stream: str = "temporal", iterations: int = 12,
+                 datasets: tuple[str, ...] = ("a",), **sections: dict) -> Path:
+    cfg = {
+        "run": {"dir": str(tmp_path / "run"), "seed": 0, "device": "cpu"},
+        "data": {"datasets": [{"name": n, "store": str(tiny / n / "flow"), "splits": str(tiny / n / "splits"),
+                               "split_format": "ucf101"} for n in datasets],
+                 "stream": stream, "flow_stack": 4, "crop": 64, "workers": 1},
+        "model": {"width": 0.125, "dropout": 0.5},
+        "optim": {"batch_size": 8, "lr": 0.01, "schedule": "custom", "iterations": iterations,
+                  "milestones": [iterations // 2]},
+        "train": {"log_every": 2, "val_every": 0, "checkpoint_every": 4},
+    }
+    for section, values in sections.items():
+        cfg[section].update(values)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

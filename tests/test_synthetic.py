@@ -20,8 +20,7 @@ from flowprep.synthetic import SynthConfig, write_dataset
 from flowprep.video import read_frames
 
 SMALL = SynthConfig(clips_per_class=12, clips_per_group=1, frames=10)
-MOTION_PAIRS = [("MoveLeft", "MoveRight"), ("MoveUp", "MoveDown"),
-                ("RotateClockwise", "RotateAnticlockwise"), ("Expand", "Contract")]
+MOTION_PAIRS = [("MoveUp", "MoveDown"), ("MoveSideways", "Oscillate"), ("Rotate", "Still"), ("Expand", "Contract")]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +35,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, FlowStore]:
 def test_layout_and_splits(dataset: tuple[Path, FlowStore]) -> None:
     root, store = dataset
     classes = json.loads((root / "classes.json").read_text())["classes"]
-    assert list(classes)[:2] == ["MoveLeft", "MoveRight"] and classes["RedDisc"] == "appearance"
+    assert list(classes)[:2] == ["MoveUp", "MoveDown"] and classes["RedDisc"] == "appearance"
     assert sum(kind == "motion" for kind in classes.values()) == 8 and len(classes) == 12
     split = read_split("ucf101", root / "splits", 1)
     assert split.classes == list(classes)
@@ -56,7 +55,7 @@ def test_same_seed_same_clips(tmp_path: Path) -> None:
     write_dataset(tmp_path / "b", cfg)
     write_dataset(tmp_path / "c", SynthConfig(motion_classes=2, appearance_classes=1, clips_per_class=4,
                                                frames=4, seed=1))
-    clip = "MoveRight/v_MoveRight_g02_c01.avi"
+    clip = "MoveDown/v_MoveDown_g02_c01.avi"
     a, b, c = (read_frames(tmp_path / x / "videos" / clip)[1] for x in "abc")
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)

@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from conftest import write_config
 
-from flowprep.extract import ExtractSettings, run_extract
-from flowprep.synthetic import SynthConfig, write_dataset
 from trainer import checkpoint as ckpt
 from trainer.config import ConfigError, load_config
 from trainer.fit import lr_at, lr_schedule
@@ -22,37 +20,6 @@ from trainer.metrics import read_rows
 from trainer.models import build_model, count_parameters, load_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 4-class built-in dataset (6 clips of 8 frames a class) extracted with DIS."""
-    root = tmp_path_factory.mktemp("tiny")
-    for name, seed in (("a", 0), ("b", 1)):
-        write_dataset(root / name, SynthConfig(motion_classes=2, appearance_classes=2, clips_per_class=6,
-                                               clips_per_group=1, frames=8, width=96, height=72, seed=seed))
-        run_extract(root / name / "videos", root / name / "flow", ExtractSettings(algo="dis", short_side=0),
-                    workers=2)
-    return root
-
-
-def write_config(tiny: Path, tmp_path: Path, stream: str = "temporal", iterations: int = 12,
-                 datasets: tuple[str, ...] = ("a",), **sections: dict) -> Path:
-    cfg = {
-        "run": {"dir": str(tmp_path / "run"), "seed": 0, "device": "cpu"},
-        "data": {"datasets": [{"name": n, "store": str(tiny / n / "flow"), "splits": str(tiny / n / "splits"),
-                               "split_format": "ucf101"} for n in datasets],
-                 "stream": stream, "flow_stack": 4, "crop": 64, "workers": 1},
-        "model": {"width": 0.125, "dropout": 0.5},
-        "optim": {"batch_size": 8, "lr": 0.01, "schedule": "custom", "iterations": iterations,
-                  "milestones": [iterations // 2]},
-        "train": {"log_every": 2, "val_every": 0, "checkpoint_every": 4},
-    }
-    for section, values in sections.items():
-        cfg[section].update(values)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def trainer(*args: object, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -139,7 +106,7 @@ def test_fit_writes_run_folder_and_refuses_to_overwrite(tiny: Path, tmp_path: Pa
     run = tmp_path / "run"
     assert {"checkpoint.pt", "metrics.csv", "curves.png", "config.yaml"} <= {p.name for p in run.iterdir()}
     state = ckpt.load(run / "checkpoint.pt")
-    assert state["step"] == 12 and state["stream"] == "spatial" and state["classes"]["a"][0] == "MoveLeft"
+    assert state["step"] == 12 and state["stream"] == "spatial" and state["classes"]["a"][0] == "MoveUp"
     assert state["flow"]["a"]["flow"]["algo"] == "dis"
     rows = read_rows(run / "metrics.csv")
     assert [int(r["iteration"]) for r in rows if r["kind"] == "train"] == [2, 4, 6, 8, 10, 12]

@@ -116,7 +116,7 @@ def test_input_spec_shapes_and_centre_crop(tmp_path) -> None:
     write_dataset(tmp_path, SynthConfig(motion_classes=2, appearance_classes=0, clips_per_class=4, frames=6))
     run_extract(tmp_path / "videos", tmp_path / "flow", ExtractSettings(algo="dis", short_side=0), workers=1)
     store = FlowStore(tmp_path / "flow")
-    entry = VideoEntry("MoveLeft/v_MoveLeft_g01_c01", 0, 6, 5, 0)
+    entry = VideoEntry("MoveUp/v_MoveUp_g01_c01", 0, 6, 5, 0)
     spec = InputSpec("temporal", 10, "optical_flow", False, True, 96, True, 0.0, (0, 0, 0), (1, 1, 1), 1.0)
     x = spec.training_input(store, entry, seed=3)
     assert x.shape == (20, 96, 96) and x.dtype == torch.float32

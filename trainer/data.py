@@ -88,11 +88,11 @@ def open_datasets(cfg: Config) -> list[TrainingSet]:
         matched = match_videos(split, store.videos())
         metas = {m["video"]: m for m in store.iter_meta()}
 
-        def entries(videos: Sequence) -> list[VideoEntry]:
-            return [VideoEntry(v.video, v.label, metas[v.video]["num_frames"], metas[v.video]["num_flows"],
-                               metas[v.video]["num_backward"]) for v in videos]
-
-        train, test = entries(matched.split.train), entries(matched.split.test)
+        train, test = (
+            [VideoEntry(v.video, v.label, metas[v.video]["num_frames"], metas[v.video]["num_flows"],
+                        metas[v.video]["num_backward"]) for v in videos]
+            for videos in (matched.split.train, matched.split.test)
+        )
         if not train:
             raise DataError(f"dataset {ds.name}: {matched.report(str(store_path))}; no training video left")
         if cfg.data.stream == "temporal" and cfg.data.bidirectional and any(e.num_backward == 0 for e in train):
@@ -101,7 +101,7 @@ def open_datasets(cfg: Config) -> list[TrainingSet]:
         first = metas[train[0].video]
         out.append(TrainingSet(ds.name, store, split.classes, train, test, len(matched.missing),
                                matched.report(str(store_path)) if matched.missing else "",
-                               {"flow": first["flow"], "bound": first["bound"], "short_side": first["short_side"]}))
+                               {key: first[key] for key in ("flow", "bound", "quality", "rgb_quality", "short_side")}))
     return out
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from trainer import checkpoint as ckpt
 from trainer.config import Config
-from trainer.data import CentreInputs, InputSpec, StepBatches, TrainInputs, TrainingSet, open_datasets
+from trainer.data import CentreInputs, InputSpec, StepBatches, TrainingSet, TrainInputs, open_datasets
 from trainer.metrics import append_row, plot_curves
 from trainer.models import build_model, count_parameters, load_pretrained
 

@@ -1,0 +1,104 @@
+"""``trainer predict``: classify one video file with trained spatial and/or temporal nets.
+
+The clip is decoded and rescaled as at extraction, its flow is computed with the algorithm and
+parameters recorded in the temporal checkpoint and passed through the same [0,255] + JPEG round
+trip as the training data; both nets then score it with the test protocol and the softmax scores
+are fused by averaging.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from flowprep.codec import decode_rgb, encode_flow, encode_rgb
+from flowprep.flow import FlowMethod, create_flow
+from flowprep.video import read_frames
+from trainer.data import VideoEntry
+from trainer.evaluate import EvaluationError, LoadedNet, load_checkpoint, protocol_inputs
+
+
+class ClipStore:
+    """The FlowStore interface over one decoded clip: records are computed and encoded on demand."""
+
+    def __init__(self, frames_bgr: np.ndarray, method: FlowMethod | None, bound: float | str, quality: int,
+                 rgb_quality: int):
+        self.frames = frames_bgr
+        self.grey = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in frames_bgr]
+        self.method, self.bound, self.quality, self.rgb_quality = method, bound, quality, rgb_quality
+        self._cache: dict[tuple[str, int], bytes] = {}
+
+    def records(self, video: str, kind: str, ts: Sequence[int]) -> list[bytes]:
+        out = []
+        for t in ts:
+            if (kind, t) not in self._cache:
+                a, b = (self.grey[t], self.grey[t + 1]) if kind == "flow" else (self.grey[t + 1], self.grey[t])
+                self._cache[(kind, t)] = encode_flow(self.method(a, b), self.bound, self.quality)
+            out.append(self._cache[(kind, t)])
+        return out
+
+    def rgb(self, video: str, t: int) -> np.ndarray:
+        return decode_rgb(encode_rgb(self.frames[t], self.rgb_quality))
+
+
+@dataclass
+class Prediction:
+    classes: list[str]
+    fused: np.ndarray
+    per_stream: dict[str, np.ndarray]
+    frames: int
+    flow: str
+
+
+def _head(net: LoadedNet, head: str | None) -> str:
+    heads = list(net.state["classes"])
+    if head is None:
+        return heads[0]
+    if head not in heads:
+        raise EvaluationError(f"the checkpoint has heads {', '.join(heads)}, not {head!r}")
+    return head
+
+
+@torch.no_grad()
+def _scores(net: LoadedNet, store: ClipStore, entry: VideoEntry, head: str) -> np.ndarray:
+    inputs = protocol_inputs(net.spec, store, entry)
+    probs = [torch.softmax(net.model(chunk)[head].float(), dim=1) for chunk in inputs.split(125)]
+    return torch.cat(probs).mean(0).numpy()
+
+
+def predict(video: str | os.PathLike, spatial: str | None, temporal: str | None, head: str | None = None
+            ) -> Prediction:
+    if not spatial and not temporal:
+        raise EvaluationError("give --spatial CKPT and/or --temporal CKPT")
+    nets = {name: load_checkpoint(path) for name, path in (("spatial", spatial), ("temporal", temporal)) if path}
+    for name, net in nets.items():
+        if net.stream != name:
+            raise EvaluationError(f"--{name} {spatial if name == 'spatial' else temporal} is a {net.stream} net")
+    heads = {name: _head(net, head) for name, net in nets.items()}
+    class_lists = {name: net.state["classes"][heads[name]] for name, net in nets.items()}
+    if len({tuple(c) for c in class_lists.values()}) > 1:
+        raise EvaluationError("the spatial and temporal checkpoints classify different class lists")
+    reference = nets.get("temporal") or nets["spatial"]
+    store_meta = reference.state["flow"][heads["temporal" if "temporal" in nets else "spatial"]]
+    frames = read_frames(video, int(store_meta.get("short_side", 256)))[1]
+    if len(frames) < 2:
+        raise EvaluationError(f"{video}: only one frame decodes")
+    flow = store_meta["flow"]
+    method = None
+    if "temporal" in nets:
+        method = create_flow(flow["algo"])
+        if method.implementation == flow["implementation"]:
+            method = create_flow(flow["algo"], flow["params"])
+    store = ClipStore(frames, method, store_meta["bound"], int(store_meta.get("quality", 90)),
+                      int(store_meta.get("rgb_quality", 90)))
+    bidirectional = "temporal" in nets and nets["temporal"].cfg.data.bidirectional
+    entry = VideoEntry(str(video), -1, len(frames), len(frames) - 1, len(frames) - 1 if bidirectional else 0)
+    per_stream = {name: _scores(net, store, entry, heads[name]) for name, net in nets.items()}
+    fused = np.mean(list(per_stream.values()), axis=0)
+    return Prediction(next(iter(class_lists.values())), fused, per_stream, len(frames),
+                      f"{flow['algo']} ({method.implementation})" if method else "-")
