@@ -150,11 +150,11 @@ def _trajectory(motion: str, cfg: SynthConfig, radius: float, rng: np.random.Gen
     else:
         centres = np.repeat(rng.uniform(lo, hi)[None, :], cfg.frames, axis=0)
         if motion == "Rotate":
-            angles = angle0 + rng.choice([-1.0, 1.0]) * rng.uniform(5.0, 9.0) * t  # degrees per frame
+            angles = angle0 + rng.choice([-1.0, 1.0]) * rng.uniform(8.0, 14.0) * t  # degrees per frame
         elif motion in ("Expand", "Contract"):
-            # the object grows (or shrinks) by a factor of 1.7-2.3 over the clip, whatever its length
-            rate = rng.uniform(1.7, 2.3) ** ((t if motion == "Expand" else span - t) / max(span, 1))
-            scales = rng.uniform(0.6, 0.8) * rate
+            # the object grows (or shrinks) by a factor of 2.5-3.5 over the clip, whatever its length
+            rate = rng.uniform(2.5, 3.5) ** ((t if motion == "Expand" else span - t) / max(span, 1))
+            scales = rng.uniform(0.45, 0.6) * rate
     return centres, angles, scales
 
 

@@ -88,38 +88,51 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | None = None)
     return LoadedNet(model, cfg, state, InputSpec.from_config(cfg.data))
 
 
-class _VideoFrames(torch.utils.data.Dataset):
-    """One item per video: its (frames·10) test inputs."""
+class _FrameCrops(torch.utils.data.Dataset):
+    """One item per (video, test frame): the frame's 10 normalised inputs and the video's index."""
 
     def __init__(self, spec: InputSpec, store, entries: Sequence[VideoEntry], frames: int):
-        self.spec, self.store, self.entries, self.frames = spec, store, entries, frames
+        self.spec, self.store, self.entries = spec, store, entries
+        self.items = [(v, tau) for v, entry in enumerate(entries) for tau in frame_positions(*spec.tau_range(entry),
+                                                                                             frames)]
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.items)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return protocol_inputs(self.spec, self.store, self.entries[i], self.frames)
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        v, tau = self.items[i]
+        raw = self.spec.raw(self.store, self.entries[v], tau)
+        crops = ten_crops(raw, self.spec.crop, self.spec.stream == "temporal")
+        return torch.stack([self.spec.normalise(c) for c in crops]), v
+
+
+def _concat(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs = torch.cat([x for x, _ in batch])
+    owners = torch.tensor([v for x, v in batch for _ in range(len(x))])
+    return inputs, owners
 
 
 @torch.no_grad()
 def score_videos(net: LoadedNet, dataset: TrainingSet, entries: Sequence[VideoEntry], frames: int = TEST_FRAMES,
-                 workers: int = 2, batch_size: int = 250, on_video: Callable[[], None] | None = None) -> np.ndarray:
+                 workers: int = 2, frames_per_batch: int = 10, on_video: Callable[[], None] | None = None
+                 ) -> np.ndarray:
     """Softmax scores (videos × classes) of ``dataset``'s head, averaged over frames × 10 crops."""
     device = next(net.model.parameters()).device
-    loader = torch.utils.data.DataLoader(_VideoFrames(net.spec, dataset.store, entries, frames), batch_size=None,
-                                         num_workers=workers)
-    scores = np.zeros((len(entries), len(dataset.classes)), np.float32)
-    for i, inputs in enumerate(loader):
-        probs = []
-        for chunk in inputs.split(batch_size):
-            chunk = chunk.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = net.model(chunk)[dataset.name]
-            probs.append(torch.softmax(logits.float(), dim=1).cpu())
-        scores[i] = torch.cat(probs).mean(0).numpy()
+    crops = _FrameCrops(net.spec, dataset.store, entries, frames)
+    loader = torch.utils.data.DataLoader(crops, batch_size=frames_per_batch, num_workers=workers, collate_fn=_concat)
+    sums = torch.zeros(len(entries), len(dataset.classes), dtype=torch.float64)
+    counts = torch.zeros(len(entries), dtype=torch.int64)
+    for inputs, owners in loader:
+        inputs = inputs.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = net.model(inputs)[dataset.name]
+        sums.index_add_(0, owners, torch.softmax(logits.float(), dim=1).cpu().double())
+        before = counts.clone()
+        counts.index_add_(0, owners, torch.ones_like(owners))
         if on_video is not None:
-            on_video()
-    return scores
+            for _ in range(int(((counts == frames * 10) & (before < frames * 10)).sum())):
+                on_video()
+    return (sums / counts.clamp(min=1)[:, None]).float().numpy()
 
 
 # ---------------------------------------------------------------------------------------------
