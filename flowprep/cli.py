@@ -274,8 +274,8 @@ def verify_command(out: Path, no_decode: bool) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="PNG to write [default: VIDEO-tT.png in the current folder].")
 def show(out: Path, video: str, t: int, output: Path | None) -> None:
-    """Write a picture of VIDEO at frame T: the frame, dx and dy as stored (grey) and the flow
-    colour-coded (hue: direction, brightness: magnitude), like the paper's Figure 2."""
+    """Write a picture of VIDEO at frame T: the frame, dx and dy as grey images (mid-grey: 0 px) and the
+    flow colour-coded (hue: direction, brightness: magnitude), like the paper's Figure 2."""
     store = _open(out)
     if video not in store:
         matches = [v for v in store.videos() if v.rsplit("/", 1)[-1] == video]

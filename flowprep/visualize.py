@@ -35,21 +35,23 @@ def _label(panel: np.ndarray, text: str) -> np.ndarray:
 
 
 def figure(store: FlowStore, video: str, t: int) -> np.ndarray:
-    """RGB picture: frame t, its dx and dy (grey, as stored) and the colour-coded flow t → t+1."""
+    """RGB picture: frame t, its dx and dy (grey: black −m, mid-grey 0, white +m pixels, m the largest
+    component of the field) and the colour-coded flow t → t+1."""
     meta = store.meta(video)
     if not 0 <= t < meta["num_flows"]:
         raise IndexError(f"{video} has frames 0..{meta['num_frames'] - 1} and flow fields "
                          f"0..{meta['num_flows'] - 1}; --frame {t} is out of range")
     frame = store.rgb(video, t)
     flow = store.flow(video, t)
-    bound = meta["bound"] if meta["bound"] != "adaptive" else max(float(np.abs(flow).max()), 1e-3)
+    # grey panels stretched to the field's largest component so small motion stays visible
+    bound = max(float(np.abs(flow).max()), 0.5)
     dx = cv2.cvtColor(component_to_grey(flow[..., 0], bound), cv2.COLOR_GRAY2RGB)
     dy = cv2.cvtColor(component_to_grey(flow[..., 1], bound), cv2.COLOR_GRAY2RGB)
     magnitude = float(np.linalg.norm(flow, axis=-1).max())
     panels = [
         _label(frame, f"frame {t}"),
-        _label(dx, f"dx (+-{bound:g} px)"),
-        _label(dy, f"dy (+-{bound:g} px)"),
+        _label(dx, f"dx (+-{bound:.1f} px)"),
+        _label(dy, f"dy (+-{bound:.1f} px)"),
         _label(flow_to_colour(flow), f"flow (max {magnitude:.1f} px)"),
     ]
     gap = np.full((panels[0].shape[0], 6, 3), 255, np.uint8)
