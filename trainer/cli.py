@@ -133,7 +133,8 @@ def _groups(path: Path | None) -> dict[str, str] | None:
                    "softmax scores of the training videos, or both.")
 @click.option("--groups", type=click.Path(exists=True, path_type=Path), default=None,
               help="JSON {class: group} for per-group accuracy columns (e.g. data/synthetic/classes.json).")
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="Also write the table here.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+              help="Write the table here too [default: fusion.md beside the first score file].")
 def fuse(scores: tuple[Path, ...], method: str, groups: Path | None, out: Path | None) -> None:
     """Fuse the softmax scores of the spatial and temporal nets (test score files of trainer test;
     SVM fusion also reads the -train.npz files beside them). Prints the paper's Table 3 layout."""
@@ -143,8 +144,9 @@ def fuse(scores: tuple[Path, ...], method: str, groups: Path | None, out: Path |
         _fail(str(exc))
     text = "\n\n".join(format_table(rows, title) for title, rows in tables)
     click.echo(text)
-    if out:
-        out.write_text(text + "\n")
+    out = out or scores[0].parent / "fusion.md"
+    out.write_text(text + "\n")
+    click.echo(f"\nwritten to {out}", err=True)
 
 
 @main.command()

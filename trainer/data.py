@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -83,6 +84,10 @@ def open_datasets(cfg: Config) -> list[TrainingSet]:
             store_path = store_path or str(pipeline.out)
             splits = splits or str(pipeline.splits)
             split_format = split_format or pipeline.split_format
+            if not Path(store_path).is_dir():
+                hint = (f"extract it with `flowprep extract {ds.pipeline}`" if pipeline.videos.is_dir()
+                        else pipeline.missing_message())
+                raise DataError(f"dataset {ds.name}: no flow store at {store_path}; {hint}")
         store = FlowStore(store_path)
         split = read_split(split_format, splits, cfg.data.split)
         matched = match_videos(split, store.videos())
