@@ -130,13 +130,16 @@ def _split_reports(pipeline: Pipeline, available: list[str], where: str) -> tupl
               help="CPU worker processes (each single-threaded when more than one).")
 @click.option("--gpus", type=click.IntRange(min=0), default=0, show_default=True,
               help="Run one worker per GPU with OpenCV's CUDA Brox (needs OpenCV built with CUDA).")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:8786",
+              help="Send the per-video work to this Dask scheduler's workers (pip install 'dask[distributed]'); "
+                   "this process still writes every video.")
 @click.option("--shard-size", default="8GB", show_default=True,
               help="Start a new shard-NNNNN.lmdb once a shard holds this much.")
 @click.option("--param", "flow_params", multiple=True, callback=_params, metavar="KEY=VALUE",
               help="Override a flow parameter, e.g. --param alpha=4 (repeatable; see README).")
 def extract(source: Path, out: Path | None, data_root: Path | None, algo: str, bound: float | str,
             quality: int, rgb_quality: int, short_side: int, bidirectional: bool, workers: int, gpus: int,
-            shard_size: str, flow_params: dict) -> None:
+            scheduler: str | None, shard_size: str, flow_params: dict) -> None:
     """Extract RGB frames and optical flow of every video in SOURCE into OUT.
 
     SOURCE is a video, a folder searched recursively for videos, a text file listing one video
@@ -181,8 +184,8 @@ def extract(source: Path, out: Path | None, data_root: Path | None, algo: str, b
 
         def on_start(todo: int, skipped: int) -> None:
             nonlocal bar
-            click.echo(f"{todo} videos to extract ({skipped} already in {out}), "
-                       f"{gpus or workers} worker(s), algo {algo}", err=True)
+            where = f"Dask cluster {scheduler}" if scheduler else f"{gpus or workers} worker(s)"
+            click.echo(f"{todo} videos to extract ({skipped} already in {out}), {where}, algo {algo}", err=True)
             bar = stack.enter_context(click.progressbar(
                 length=todo, label="videos", file=sys.stderr, show_pos=True, show_eta=True,
                 item_show_func=lambda text: text))
@@ -194,7 +197,7 @@ def extract(source: Path, out: Path | None, data_root: Path | None, algo: str, b
         try:
             report = run_extract(source, out, settings, workers=workers, gpus=gpus,
                                  shard_bytes=_size(shard_size), on_start=on_start,
-                                 on_progress=on_progress)
+                                 on_progress=on_progress, scheduler=scheduler)
         except (SourceError, StoreError, FlowError, ValueError) as exc:
             _fail(str(exc))
     rate = report.pairs / report.seconds if report.seconds else 0.0

@@ -270,21 +270,48 @@ def check_settings(out: Path, settings: ExtractSettings) -> None:
 ProgressCallback = Callable[[int, ExtractReport], None]
 
 
+def _results(todo: list[VideoSource], settings: ExtractSettings, workers: int, gpus: int, run_dir: str,
+             scheduler: str | None) -> Iterator[ExtractedVideo | Failure]:
+    """Extracted videos in completion order, from local worker processes or a Dask cluster."""
+    if scheduler is None:
+        n_jobs = gpus if gpus else min(workers, max(1, len(todo)))
+        yield from Parallel(n_jobs=n_jobs, return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs")(
+            delayed(_work)(s, settings, n_jobs > 1, gpus, run_dir) for s in todo)
+        return
+    try:
+        from distributed import Client
+    except ImportError:
+        raise SourceError("--scheduler needs Dask: pip install 'dask[distributed]'") from None
+    from joblib import parallel_config
+
+    try:
+        client = Client(scheduler, timeout="20s")
+    except (OSError, TimeoutError) as exc:
+        raise SourceError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+    with client, parallel_config(backend="dask", retries=2):
+        # a task whose worker dies is run again elsewhere; the writer skips a video it already has
+        yield from Parallel(return_as="generator_unordered", batch_size=1)(
+            delayed(_work)(s, settings, True, 0, run_dir) for s in todo)
+
+
 def run_extract(source: str | os.PathLike, out: str | os.PathLike, settings: ExtractSettings,
                 workers: int = 1, gpus: int = 0, shard_bytes: int = 8 << 30,
                 on_start: Callable[[int, int], None] | None = None,
-                on_progress: ProgressCallback | None = None) -> ExtractReport:
+                on_progress: ProgressCallback | None = None, scheduler: str | None = None) -> ExtractReport:
     """Extract every video of SOURCE not yet complete in OUT.
 
-    ``workers`` CPU processes (or, with ``gpus`` > 0, one process per GPU) compute; this process
-    writes. ``on_start(to_do, skipped)`` is called once the store is open and ``on_progress(done,
-    report)`` after each video. Failures are recorded in
+    ``workers`` CPU processes (or, with ``gpus`` > 0, one process per GPU; or, with ``scheduler``,
+    the workers of a Dask cluster) decode and compute; this process is the only writer. Cluster
+    workers must see the videos at the same paths. ``on_start(to_do, skipped)`` is called once the
+    store is open and ``on_progress(done, report)`` after each video. Failures are recorded in
     ``OUT/failures.json`` and in the report; a later successful run of a video clears its entry.
     """
     sources = find_videos(source)
     out = Path(out)
     if gpus < 0 or workers < 1:
         raise ValueError("--workers must be >= 1 and --gpus >= 0")
+    if gpus and scheduler:
+        raise ValueError("--gpus and --scheduler cannot be combined")
     check_settings(out, settings)
     report = ExtractReport(total=len(sources))
     start = time.perf_counter()
@@ -297,17 +324,16 @@ def run_extract(source: str | os.PathLike, out: str | os.PathLike, settings: Ext
                 failures.pop(s.video, None)
         if on_start is not None:
             on_start(len(todo), report.skipped)
-        n_jobs = gpus if gpus else min(workers, max(1, len(todo)))
         with tempfile.TemporaryDirectory(prefix="flowprep-run-") as run_dir:
-            results: Iterator[ExtractedVideo | Failure] = Parallel(
-                n_jobs=n_jobs, return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs",
-            )(delayed(_work)(s, settings, n_jobs > 1, gpus, run_dir) for s in todo)
+            results = _results(todo, settings, workers, gpus, run_dir, scheduler)
             try:
                 for done, result in enumerate(results, start=1):
                     if isinstance(result, Failure):
                         report.failures.append(result)
                         failures[result.video] = {"path": result.path, "reason": result.reason}
                         write_json_atomic(out / FAILURES_FILE, failures)
+                    elif result.video in writer.complete:
+                        continue  # a task run twice (a cluster worker died after finishing it)
                     else:
                         writer.put_video(result.video, result.records, result.meta)
                         report.stored += 1
