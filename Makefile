@@ -10,7 +10,7 @@ WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 DATASET ?= synthetic
 # Data root of the pipeline files: TWOSTREAM_DATA=/big/disk make flow DATASET=ucf101
 
-.PHONY: install test lint data flow demo evaluate clean
+.PHONY: install test lint data flow demo evaluate bench clean
 
 install: $(STAMP)
 
@@ -63,6 +63,12 @@ demo: $(STAMP)
 # Table 4 of the paper from the test score files of splits 1-3 (trainer test ... --split N -o runs/eval).
 evaluate: $(STAMP)
 	$(BIN)/trainer report runs/eval/scores-$(DATASET)-split*-test.npz
+
+# Figures, not tests: each script prints a table (bench/RESULTS.md keeps the latest).
+bench: $(STAMP)
+	$(BIN)/python bench/flow_accuracy.py
+	$(BIN)/python bench/flow_speed.py
+	$(BIN)/python bench/storage.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flowprep.flow import ALGORITHMS, create_flow, end_point_error, read_flo
+from flowprep.flow import ALGORITHMS, create_flow, end_point_error, read_flo, torch_cuda_devices
 from flowprep.pairs import SYNTHETIC_PAIRS, interior
 
 FLOW_GT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flow-gt"
@@ -49,8 +49,12 @@ def main() -> None:
           f"{args.threads} thread(s); EPE in pixels, time in seconds per pair")
     print("| algorithm | " + " | ".join(pairs) + " | mean s/pair |")
     print("|---" * (len(pairs) + 2) + "|")
-    for algo in args.algo or list(ALGORITHMS):
-        method = create_flow(algo, params if params else None)
+    runs = [(algo, "auto") for algo in args.algo or list(ALGORITHMS)]
+    if "brox" in (args.algo or ALGORITHMS):
+        runs.insert(1, ("brox", "torch-cpu"))
+        runs += [("brox", "cuda")] if torch_cuda_devices() else []
+    for algo, device in runs:
+        method = create_flow(algo, params if params else None, device=device)
         errors, seconds = [], []
         for first, second, truth, border in pairs.values():
             start = time.perf_counter()
@@ -59,7 +63,7 @@ def main() -> None:
             if border:
                 flow, truth = interior(flow, border), interior(truth, border)
             errors.append(end_point_error(flow, truth))
-        label = f"{algo} ({method.implementation})"
+        label = f"{algo} ({method.implementation}, {method.params.get('device', 'cpu')})"
         print(f"| {label} | " + " | ".join(f"{e:.3f}" for e in errors) + f" | {np.mean(seconds):.3f} |")
 
 

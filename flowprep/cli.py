@@ -15,8 +15,15 @@ from click.core import ParameterSource
 
 from flowprep.check import summarize, verify
 from flowprep.codec import parse_bound
-from flowprep.extract import ExtractReport, ExtractSettings, SourceError, run_extract
-from flowprep.flow import ALGORITHMS, FlowError
+from flowprep.extract import Compute, ExtractReport, ExtractSettings, SourceError, run_extract
+from flowprep.flow import (
+    ALGORITHMS,
+    DEVICES,
+    FlowError,
+    has_opencv_cuda_brox,
+    opencv_cuda_devices,
+    torch_cuda_devices,
+)
 from flowprep.pipeline import DATA_ENV, Pipeline, PipelineError, is_pipeline_file, load_pipeline, prepare
 from flowprep.splits import SplitError, match_videos, read_split
 from flowprep.store import FlowStore, StoreError
@@ -128,8 +135,15 @@ def _split_reports(pipeline: Pipeline, available: list[str], where: str) -> tupl
 @click.option("--bidirectional", is_flag=True, help="Also store backward flow (frame t+1 to t).")
 @click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
               help="CPU worker processes (each single-threaded when more than one).")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="brox implementation: auto = OpenCV CUDA Brox if OpenCV has CUDA, else the PyTorch Brox on "
+                   "a GPU torch sees, else the CPU pyramid; cpu = the CPU pyramid; cuda = a GPU one; "
+                   "torch-cpu = the PyTorch Brox on the CPU.")
 @click.option("--gpus", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Run one worker per GPU with OpenCV's CUDA Brox (needs OpenCV built with CUDA).")
+              help="One worker per GPU (OpenCV CUDA Brox, or the PyTorch Brox); frames are decoded on the CPU.")
+@click.option("--batch", "max_batch", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Most frame pairs per GPU call of the PyTorch Brox (also capped by free GPU memory; "
+                   "halved after an out-of-memory error).")
 @click.option("--scheduler", default=None, metavar="tcp://HOST:8786",
               help="Send the per-video work to this Dask scheduler's workers (pip install 'dask[distributed]'); "
                    "this process still writes every video.")
@@ -138,8 +152,8 @@ def _split_reports(pipeline: Pipeline, available: list[str], where: str) -> tupl
 @click.option("--param", "flow_params", multiple=True, callback=_params, metavar="KEY=VALUE",
               help="Override a flow parameter, e.g. --param alpha=4 (repeatable; see README).")
 def extract(source: Path, out: Path | None, data_root: Path | None, algo: str, bound: float | str,
-            quality: int, rgb_quality: int, short_side: int, bidirectional: bool, workers: int, gpus: int,
-            scheduler: str | None, shard_size: str, flow_params: dict) -> None:
+            quality: int, rgb_quality: int, short_side: int, bidirectional: bool, workers: int, device: str,
+            gpus: int, max_batch: int, scheduler: str | None, shard_size: str, flow_params: dict) -> None:
     """Extract RGB frames and optical flow of every video in SOURCE into OUT.
 
     SOURCE is a video, a folder searched recursively for videos, a text file listing one video
@@ -169,15 +183,14 @@ def extract(source: Path, out: Path | None, data_root: Path | None, algo: str, b
         _fail(str(exc))
     algo = settings.algo
     if gpus:
-        from flowprep.flow import has_opencv_cuda_brox
-
         if algo != "brox":
             _fail(f"--gpus runs brox only; {algo} runs on the CPU (drop --gpus)")
-        if not has_opencv_cuda_brox():
-            _fail("--gpus needs OpenCV built with CUDA (cv2.cuda.getCudaEnabledDeviceCount() is 0 here, "
-                  "as with every OpenCV wheel on PyPI); drop --gpus to run brox on the CPU")
-        if cv2.cuda.getCudaEnabledDeviceCount() < gpus:
-            _fail(f"--gpus {gpus}: OpenCV sees only {cv2.cuda.getCudaEnabledDeviceCount()} GPU(s)")
+        available = opencv_cuda_devices() if has_opencv_cuda_brox() else torch_cuda_devices()
+        if available == 0:
+            _fail("--gpus needs a GPU that OpenCV (built with CUDA; no PyPI wheel is) or torch can use, and "
+                  "none is visible here; drop --gpus to run brox on the CPU")
+        if available < gpus:
+            _fail(f"--gpus {gpus}: only {available} GPU(s) visible")
 
     with ExitStack() as stack:
         bar = None
@@ -197,7 +210,8 @@ def extract(source: Path, out: Path | None, data_root: Path | None, algo: str, b
         try:
             report = run_extract(source, out, settings, workers=workers, gpus=gpus,
                                  shard_bytes=_size(shard_size), on_start=on_start,
-                                 on_progress=on_progress, scheduler=scheduler)
+                                 on_progress=on_progress, scheduler=scheduler,
+                                 compute=Compute(device, max_batch))
         except (SourceError, StoreError, FlowError, ValueError) as exc:
             _fail(str(exc))
     rate = report.pairs / report.seconds if report.seconds else 0.0

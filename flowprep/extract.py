@@ -25,7 +25,7 @@ from joblib import Parallel, delayed
 
 from flowprep import __version__
 from flowprep.codec import encode_flow, encode_rgb, parse_bound
-from flowprep.flow import ALGORITHMS, create_flow
+from flowprep.flow import ALGORITHMS, create_flow, has_opencv_cuda_brox, torch_cuda_devices
 from flowprep.store import (
     FAILURES_FILE,
     MAX_KEY_BYTES,
@@ -160,36 +160,53 @@ def library_versions() -> dict:
             "lmdb": lmdb.__version__, "python": sys.version.split()[0]}
 
 
-def extract_video(source: VideoSource, settings: ExtractSettings, gpu: int | None = None) -> ExtractedVideo:
+@dataclass(frozen=True)
+class Compute:
+    """Where and how flow is computed: not part of a store's settings (the metadata of each video
+    records the implementation that ran). ``device``: see :func:`flowprep.flow.create_flow`;
+    ``max_batch``: frame pairs per call of a batched (PyTorch) implementation."""
+
+    device: str = "auto"
+    max_batch: int = 32
+
+
+def extract_video(source: VideoSource, settings: ExtractSettings, gpu: int | None = None,
+                  compute: Compute = Compute()) -> ExtractedVideo:
     """Decode one video and encode all its records (RGB JPEGs, forward and optional backward flow).
 
+    Frame pairs are gathered into batches for implementations that solve many pairs at once.
     Raises VideoError for a file that is not a usable video.
     """
     if len(record_key(source.video, "flow", 0)) > MAX_KEY_BYTES:
         raise VideoError(f"id {source.video!r} is too long for an LMDB key ({MAX_KEY_BYTES} bytes)")
-    method = create_flow(settings.algo, settings.flow_params, gpu=gpu)
+    method = create_flow(settings.algo, settings.flow_params, gpu=gpu, device=compute.device,
+                         max_batch=compute.max_batch)
     reader = VideoReader(source.path, settings.short_side)
     records: list[tuple[bytes, bytes]] = []
+    pending: list[tuple[int, np.ndarray, np.ndarray]] = []  # (t, frame t, frame t+1), grey
+
+    def flush() -> None:
+        firsts, seconds = [a for _, a, _ in pending], [b for _, _, b in pending]
+        directions = [("flow", firsts, seconds)] + ([("back", seconds, firsts)] if settings.bidirectional else [])
+        for kind, a, b in directions:
+            for (t, _, _), flow in zip(pending, method.many(a, b), strict=True):
+                records.append((record_key(source.video, kind, t), encode_flow(flow, settings.bound, settings.quality)))
+        pending.clear()
+
     prev_grey = None
-    backward = []
-    t = 0
     for t, frame in enumerate(reader):
         records.append((record_key(source.video, "rgb", t), encode_rgb(frame, settings.rgb_quality)))
         grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         if prev_grey is not None:
-            fwd = method(prev_grey, grey)
-            records.append((record_key(source.video, "flow", t - 1),
-                            encode_flow(fwd, settings.bound, settings.quality)))
-            if settings.bidirectional:
-                back = method(grey, prev_grey)
-                backward.append((record_key(source.video, "back", t - 1),
-                                 encode_flow(back, settings.bound, settings.quality)))
+            pending.append((t - 1, prev_grey, grey))
+            if len(pending) >= method.max_batch:
+                flush()
         prev_grey = grey
     reader.check_complete()
     frames = reader.frames_read
     if frames < 2:
         raise VideoError("only one frame decodes; optical flow needs at least two")
-    records.extend(backward)
+    flush()
     info = reader.info
     rgb_prefix = f"{source.video}/rgb/".encode()
     meta = {
@@ -238,13 +255,13 @@ def _claim_gpu(count: int, run_dir: str) -> int:
 
 
 def _work(source: VideoSource, settings: ExtractSettings, single_thread: bool,
-          gpus: int, run_dir: str) -> ExtractedVideo | Failure:
+          gpus: int, run_dir: str, compute: Compute = Compute()) -> ExtractedVideo | Failure:
     if single_thread and not _PROCESS_SETUP.get("threads"):
         cv2.setNumThreads(1)  # several single-threaded processes beat threads; set once per process
         _PROCESS_SETUP["threads"] = True
     try:
         gpu = _claim_gpu(gpus, run_dir) if gpus else None
-        return extract_video(source, settings, gpu)
+        return extract_video(source, settings, gpu, compute)
     except VideoError as exc:
         return Failure(source.video, source.path, str(exc))
     except Exception as exc:  # noqa: BLE001 - one bad video must not end a dataset-wide run
@@ -271,12 +288,12 @@ ProgressCallback = Callable[[int, ExtractReport], None]
 
 
 def _results(todo: list[VideoSource], settings: ExtractSettings, workers: int, gpus: int, run_dir: str,
-             scheduler: str | None) -> Iterator[ExtractedVideo | Failure]:
+             scheduler: str | None, compute: Compute) -> Iterator[ExtractedVideo | Failure]:
     """Extracted videos in completion order, from local worker processes or a Dask cluster."""
     if scheduler is None:
         n_jobs = gpus if gpus else min(workers, max(1, len(todo)))
         yield from Parallel(n_jobs=n_jobs, return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs")(
-            delayed(_work)(s, settings, n_jobs > 1, gpus, run_dir) for s in todo)
+            delayed(_work)(s, settings, n_jobs > 1, gpus, run_dir, compute) for s in todo)
         return
     try:
         from distributed import Client
@@ -291,13 +308,14 @@ def _results(todo: list[VideoSource], settings: ExtractSettings, workers: int, g
     with client, parallel_config(backend="dask", retries=2):
         # a task whose worker dies is run again elsewhere; the writer skips a video it already has
         yield from Parallel(return_as="generator_unordered", batch_size=1)(
-            delayed(_work)(s, settings, True, 0, run_dir) for s in todo)
+            delayed(_work)(s, settings, True, 0, run_dir, compute) for s in todo)
 
 
 def run_extract(source: str | os.PathLike, out: str | os.PathLike, settings: ExtractSettings,
                 workers: int = 1, gpus: int = 0, shard_bytes: int = 8 << 30,
                 on_start: Callable[[int, int], None] | None = None,
-                on_progress: ProgressCallback | None = None, scheduler: str | None = None) -> ExtractReport:
+                on_progress: ProgressCallback | None = None, scheduler: str | None = None,
+                compute: Compute = Compute()) -> ExtractReport:
     """Extract every video of SOURCE not yet complete in OUT.
 
     ``workers`` CPU processes (or, with ``gpus`` > 0, one process per GPU; or, with ``scheduler``,
@@ -313,6 +331,9 @@ def run_extract(source: str | os.PathLike, out: str | os.PathLike, settings: Ext
     if gpus and scheduler:
         raise ValueError("--gpus and --scheduler cannot be combined")
     check_settings(out, settings)
+    if compute.device == "auto" and settings.algo == "brox":  # decide once, not in every worker
+        gpu_there = has_opencv_cuda_brox() or torch_cuda_devices() > 0
+        compute = Compute("cuda" if gpu_there else "cpu", compute.max_batch)
     report = ExtractReport(total=len(sources))
     start = time.perf_counter()
     with ShardWriter(out, shard_bytes=shard_bytes) as writer:
@@ -325,7 +346,7 @@ def run_extract(source: str | os.PathLike, out: str | os.PathLike, settings: Ext
         if on_start is not None:
             on_start(len(todo), report.skipped)
         with tempfile.TemporaryDirectory(prefix="flowprep-run-") as run_dir:
-            results = _results(todo, settings, workers, gpus, run_dir, scheduler)
+            results = _results(todo, settings, workers, gpus, run_dir, scheduler, compute)
             try:
                 for done, result in enumerate(results, start=1):
                     if isinstance(result, Failure):

@@ -6,7 +6,8 @@ pixel of the first frame as float32 H×W×2, in pixels: ``[..., 0]`` is dx (to t
 
 ``brox`` is the flow the paper uses (Brox, Bruhn, Papenberg and Weickert, ECCV 2004). Where OpenCV
 is built with CUDA and sees a GPU it runs ``cv2.cuda.BroxOpticalFlow`` with OpenCV's defaults (the
-paper's set-up); elsewhere it runs the same energy on the CPU: a coarse-to-fine pyramid with one
+paper's set-up); where torch sees a GPU, the batched PyTorch implementation of
+:mod:`flowprep.brox_torch`; elsewhere the same energy on the CPU: a coarse-to-fine pyramid with one
 ``cv2.VariationalRefinement`` solve per level (colour + gradient constancy, Ψ-penalised smoothness,
 fixed-point iterations with an SOR inner solver, warping at every level), starting from zero flow.
 """
@@ -38,12 +39,58 @@ class FlowMethod:
     implementation: str
     params: dict
     compute: Callable[[np.ndarray, np.ndarray], np.ndarray] = field(repr=False)
+    # solves N pairs of one size at once (N×H×W uint8 each → N×H×W×2); None: pair by pair
+    compute_batch: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = field(default=None, repr=False)
+    max_batch: int = 1  # pairs per compute_batch call (halved after an out-of-memory error)
 
     def __call__(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
         if prev.shape != nxt.shape or prev.ndim != 2:
             raise ValueError(f"need two grey frames of one size, got {prev.shape} and {nxt.shape}")
         flow = self.compute(prev, nxt)
         return np.ascontiguousarray(flow, dtype=np.float32)
+
+    def many(self, firsts: list[np.ndarray], seconds: list[np.ndarray]) -> list[np.ndarray]:
+        """Flow of every pair (firsts[i] → seconds[i]), in batches of up to ``max_batch`` where the
+        method solves batches; a GPU out-of-memory error halves the batch and retries it."""
+        if self.compute_batch is None:
+            return [self(a, b) for a, b in zip(firsts, seconds, strict=True)]
+        out: list[np.ndarray] = []
+        start = 0
+        while start < len(firsts):
+            size = min(self.max_batch, len(firsts) - start)
+            try:
+                flows = self.compute_batch(np.stack(firsts[start:start + size]), np.stack(seconds[start:start + size]))
+            except _OOM_ERRORS:
+                if size == 1:
+                    raise
+                self.max_batch = max(1, size // 2)
+                _release_gpu_memory()
+                continue
+            out += [np.ascontiguousarray(f, dtype=np.float32) for f in flows]
+            start += size
+        return out
+
+
+def _oom_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import torch
+
+        return (torch.cuda.OutOfMemoryError,)
+    except (ImportError, AttributeError):
+        return ()
+
+
+_OOM_ERRORS = _oom_errors()
+
+
+def _release_gpu_memory() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
 
 
 # Tuned on the Middlebury RubberWhale/Grove3/Urban2 pairs and the synthetic pairs of the tests
@@ -195,17 +242,68 @@ def dis(params: dict | None = None) -> FlowMethod:
     return FlowMethod("dis", "opencv-dis", p, lambda a, b: method.calc(a, b, None))
 
 
-def create_flow(algo: str, params: dict | None = None, gpu: int | None = None) -> FlowMethod:
-    """The flow method named ``algo``; ``gpu`` picks a CUDA device for ``brox``.
+DEVICES = ("auto", "cpu", "cuda", "torch-cpu")
 
-    ``brox`` without ``gpu`` runs OpenCV's CUDA Brox when OpenCV has CUDA, else the CPU pyramid.
+
+def torch_cuda_devices() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:
+        return 0
+
+
+def brox_torch(params: dict | None = None, device: str = "cpu", max_batch: int = 32) -> FlowMethod:
+    """The PyTorch Brox (:mod:`flowprep.brox_torch`) on ``device`` ("cpu", "cuda:0", ...).
+
+    ``max_batch`` caps the pairs per call; on CUDA it is also capped by the free memory (about
+    70 float32 H×W planes per pair)."""
+    import torch
+
+    from flowprep.brox_torch import BROX_TORCH_DEFAULTS, brox_flow
+
+    p = {**BROX_TORCH_DEFAULTS, **(params or {})}
+    dev = torch.device(device)
+    method = FlowMethod("brox", "torch-brox", {**p, "device": str(dev)}, lambda a, b: None, max_batch=max_batch)
+
+    def compute_batch(firsts: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+        if dev.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(dev)
+            method.max_batch = max(1, min(method.max_batch, int(free * 0.8) // (70 * 4 * firsts[0].size)))
+        a = torch.from_numpy(firsts).to(dev)
+        b = torch.from_numpy(seconds).to(dev)
+        return brox_flow(a, b, p).cpu().numpy()
+
+    method.compute = lambda a, b: compute_batch(a[None], b[None])[0]
+    method.compute_batch = compute_batch
+    return method
+
+
+def create_flow(algo: str, params: dict | None = None, gpu: int | None = None, device: str = "auto",
+                max_batch: int = 32) -> FlowMethod:
+    """The flow method named ``algo``.
+
+    For ``brox``, ``device`` picks the implementation: "auto" runs OpenCV's CUDA Brox where OpenCV
+    has CUDA, else the PyTorch Brox on a CUDA GPU where torch sees one, else the CPU pyramid; "cpu"
+    the CPU pyramid; "cuda" one of the two GPU ones; "torch-cpu" the PyTorch Brox on the CPU. ``gpu``
+    is the CUDA device index (one worker per GPU with ``--gpus``).
     """
+    if device not in DEVICES:
+        raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
     if algo == "brox":
-        if gpu is not None or has_opencv_cuda_brox():
+        if device == "torch-cpu":
+            return brox_torch(params, "cpu", max_batch)
+        if device in ("auto", "cuda") and has_opencv_cuda_brox():
             return brox_cuda(params, device=gpu or 0)
+        if device in ("auto", "cuda") and torch_cuda_devices():
+            return brox_torch(params, f"cuda:{gpu or 0}", max_batch)
+        if device == "cuda" or gpu is not None:
+            raise FlowError("no CUDA device: neither OpenCV (no PyPI wheel has CUDA) nor torch sees a GPU; "
+                            "use --device cpu (or auto) and no --gpus")
         return brox_cpu(params)
-    if gpu is not None:
-        raise FlowError(f"--gpus runs brox only; {algo} runs on the CPU")
+    if gpu is not None or device in ("cuda", "torch-cpu"):
+        raise FlowError(f"--gpus and --device {device} run brox only; {algo} runs on the CPU")
     makers = {"tvl1": tvl1, "farneback": farneback, "dis": dis}
     if algo not in makers:
         raise ValueError(f"unknown flow algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")

@@ -110,7 +110,7 @@ def test_list_file_source_and_adaptive_bound(video_dir: Path, tmp_path: Path) ->
 @pytest.mark.parametrize("args,message", [
     (["extract", "missing-folder", "out"], "no such file or folder"),
     (["extract", ".", "out", "--bound", "-1"], "bound must be > 0"),
-    (["extract", ".", "out", "--gpus", "1"], "needs OpenCV built with CUDA"),
+    (["extract", ".", "out", "--gpus", "1"], "--gpus needs a GPU"),
     (["info", "missing-store"], "no such folder"),
     (["verify", "."], "no flowprep shards"),
 ])
