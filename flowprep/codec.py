@@ -93,10 +93,15 @@ def encode_flow(flow: np.ndarray, bound: float | str, quality: int) -> bytes:
 
 
 def _dequantise(q: np.ndarray, mode: int, lo: float, hi: float) -> np.ndarray:
-    q = q.astype(np.float32)
+    """Grey levels back to float32 pixels, in place on one converted copy."""
+    x = q.astype(np.float32)
     if mode == FIXED:
-        return np.clip((q - 128.0) * (hi / 127.0), lo, hi)
-    return lo + q * ((hi - lo) / 255.0)
+        x -= 128.0
+        x *= np.float32(hi / 127.0)
+        return np.clip(x, lo, hi, out=x)
+    x *= np.float32((hi - lo) / 255.0)
+    x += np.float32(lo)
+    return x
 
 
 def decode_flow_components(record: bytes | memoryview) -> tuple[np.ndarray, np.ndarray]:

@@ -153,22 +153,24 @@ def stack_fields(fields: Sequence[Field], stacking: str = "optical_flow", mean_s
                  restart_at: int | None = None) -> np.ndarray:
     """2L×H×W volume (channel 2k: dx, 2k+1: dy of field k) from L fields. ``restart_at``: index
     where trajectories start again from frame τ (the backward half of a bi-directional volume)."""
-    if mean_subtraction:
-        fields = [(dx - dx.mean(), dy - dy.mean()) for dx, dy in fields]
     h, w = fields[0][0].shape
     volume = np.empty((2 * len(fields), h, w), np.float32)
     if stacking == "optical_flow":
         for k, (dx, dy) in enumerate(fields):
             volume[2 * k], volume[2 * k + 1] = dx, dy
-        return volume
-    grid_y, grid_x = np.mgrid[0:h, 0:w].astype(np.float32)
-    px, py = grid_x, grid_y
-    for k, (dx, dy) in enumerate(fields):
-        if k == restart_at:
-            px, py = grid_x, grid_y
-        volume[2 * k] = _sample(dx, px, py)
-        volume[2 * k + 1] = _sample(dy, px, py)
-        px, py = px + volume[2 * k], py + volume[2 * k + 1]
+    else:
+        grid_y, grid_x = np.mgrid[0:h, 0:w].astype(np.float32)
+        px, py = grid_x, grid_y
+        for k, (dx, dy) in enumerate(fields):
+            if k == restart_at:
+                px, py = grid_x, grid_y
+            volume[2 * k] = _sample(dx, px, py)
+            volume[2 * k + 1] = _sample(dy, px, py)
+            px, py = px + volume[2 * k], py + volume[2 * k + 1]
+    if mean_subtraction:
+        # each field's own mean (sampling a field minus a constant gives the samples minus that constant)
+        means = np.array([[dx.mean(), dy.mean()] for dx, dy in fields], np.float32).reshape(-1)
+        volume -= means[:, None, None]
     return volume
 
 
