@@ -69,6 +69,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/flow_accuracy.py
 	$(BIN)/python bench/flow_speed.py
 	$(BIN)/python bench/storage.py
+	$(BIN)/python bench/loader.py
+	$(BIN)/python bench/train_step.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
