@@ -265,18 +265,17 @@ def brox_torch(params: dict | None = None, device: str = "cpu", max_batch: int =
 
     p = {**BROX_TORCH_DEFAULTS, **(params or {})}
     dev = torch.device(device)
-    method = FlowMethod("brox", "torch-brox", {**p, "device": str(dev)}, lambda a, b: None, max_batch=max_batch)
 
     def compute_batch(firsts: np.ndarray, seconds: np.ndarray) -> np.ndarray:
-        if dev.type == "cuda":
+        if dev.type == "cuda":  # later batches fit what is free now
             free, _ = torch.cuda.mem_get_info(dev)
             method.max_batch = max(1, min(method.max_batch, int(free * 0.8) // (70 * 4 * firsts[0].size)))
         a = torch.from_numpy(firsts).to(dev)
         b = torch.from_numpy(seconds).to(dev)
         return brox_flow(a, b, p).cpu().numpy()
 
-    method.compute = lambda a, b: compute_batch(a[None], b[None])[0]
-    method.compute_batch = compute_batch
+    method = FlowMethod("brox", "torch-brox", {**p, "device": str(dev)}, lambda a, b: compute_batch(a[None], b[None])[0],
+                        compute_batch=compute_batch, max_batch=max_batch)
     return method
 
 

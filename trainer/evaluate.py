@@ -48,14 +48,15 @@ def ten_crops(array: np.ndarray, crop: int, is_flow: bool) -> list[np.ndarray]:
     return crops + [flip_horizontal(c, is_flow) for c in crops]
 
 
+def frame_inputs(spec: InputSpec, store, entry: VideoEntry, tau: int) -> torch.Tensor:
+    """The 10 normalised test inputs of frame τ: 10×C×crop×crop."""
+    crops = ten_crops(spec.raw(store, entry, tau), spec.crop, spec.stream == "temporal")
+    return torch.stack([spec.normalise(c) for c in crops])
+
+
 def protocol_inputs(spec: InputSpec, store, entry: VideoEntry, frames: int = TEST_FRAMES) -> torch.Tensor:
     """All frames × 10 normalised inputs of one video: (frames·10)×C×crop×crop."""
-    lo, hi = spec.tau_range(entry)
-    inputs = []
-    for tau in frame_positions(lo, hi, frames):
-        raw = spec.raw(store, entry, tau)
-        inputs += [spec.normalise(c) for c in ten_crops(raw, spec.crop, spec.stream == "temporal")]
-    return torch.stack(inputs)
+    return torch.cat([frame_inputs(spec, store, entry, tau) for tau in frame_positions(*spec.tau_range(entry), frames)])
 
 
 @dataclass
@@ -101,9 +102,7 @@ class _FrameCrops(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         v, tau = self.items[i]
-        raw = self.spec.raw(self.store, self.entries[v], tau)
-        crops = ten_crops(raw, self.spec.crop, self.spec.stream == "temporal")
-        return torch.stack([self.spec.normalise(c) for c in crops]), v
+        return frame_inputs(self.spec, self.store, self.entries[v], tau), v
 
 
 def _concat(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
