@@ -274,8 +274,9 @@ def brox_torch(params: dict | None = None, device: str = "cpu", max_batch: int =
         b = torch.from_numpy(seconds).to(dev)
         return brox_flow(a, b, p).cpu().numpy()
 
-    method = FlowMethod("brox", "torch-brox", {**p, "device": str(dev)}, lambda a, b: compute_batch(a[None], b[None])[0],
-                        compute_batch=compute_batch, max_batch=max_batch)
+    method = FlowMethod("brox", "torch-brox", {**p, "device": str(dev)},
+                        lambda a, b: compute_batch(a[None], b[None])[0], compute_batch=compute_batch,
+                        max_batch=max_batch)
     return method
 
 
