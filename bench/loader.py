@@ -78,6 +78,17 @@ class Inputs(torch.utils.data.Dataset):
         return self.spec.training_input(self.source, self.entries[i % len(self.entries)], seed=i)
 
 
+def evict(paths) -> None:
+    """Drop the files' pages from the page cache (posix_fadvise DONTNEED), for cold-cache figures."""
+    os.sync()  # dirty pages (the per-file copy was just written) are not dropped
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def rate(source, entries, spec, samples: int, workers: int) -> float:
     loader = torch.utils.data.DataLoader(Inputs(source, entries, spec, samples), batch_size=32,
                                          num_workers=workers, shuffle=True)
@@ -94,6 +105,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--crop", type=int, default=112)
+    parser.add_argument("--cold", action="store_true",
+                        help="evict both copies from the page cache before each measurement")
     args = parser.parse_args()
     if not args.store.is_dir():
         raise SystemExit(f"{args.store}: no store; make one with `make data flow` (the built-in dataset)")
@@ -109,15 +122,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="flowprep-files-", dir=args.store.parent) as tmp:
         files = FileStore(Path(tmp), export_files(store, videos, Path(tmp)))
         count = sum(1 for _ in Path(tmp).rglob("*.jpg"))
+        cache = "evicted from the page cache before each run" if args.cold else "page cache warm for both"
         print(f"# {len(videos)} videos from {args.store}; per-file copy: {count} JPEG files; crop {args.crop}; "
-              f"{args.samples} samples per measurement (page cache warm for both)")
+              f"{args.samples} samples per measurement ({cache})")
+        file_paths = [str(p) for p in Path(tmp).rglob("*.jpg")]
+        store_paths = [str(p) for p in args.store.glob("shard-*.lmdb/data.mdb")]
         print("| input | DataLoader workers | LMDB samples/s | files samples/s | LMDB / files |")
         print("|---|---|---|---|---|")
         for name, spec in specs.items():
             for workers in (int(w) for w in args.workers.split(",")):
-                rate(store, entries, spec, 64, workers)  # warm the page cache
-                rate(files, entries, spec, 64, workers)
+                if args.cold:
+                    evict(store_paths)
+                else:
+                    rate(store, entries, spec, 64, workers)  # warm the page cache
                 lmdb_rate = rate(store, entries, spec, args.samples, workers)
+                if args.cold:
+                    evict(file_paths)
+                else:
+                    rate(files, entries, spec, 64, workers)
                 file_rate = rate(files, entries, spec, args.samples, workers)
                 print(f"| {name} | {workers} | {lmdb_rate:.0f} | {file_rate:.0f} | {lmdb_rate / file_rate:.2f}x |",
                       flush=True)
