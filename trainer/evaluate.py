@@ -375,10 +375,11 @@ def fuse_files(paths: Sequence[str | os.PathLike], method: str = "both", groups:
         test = [streams[s][0] for s in order]
         train = [streams[s][1] for s in order]
         if method in ("svm", "both") and len(order) > 1 and any(t is None for t in train):
-            missing = [str(train_scores_path(streams[s][0].checkpoint)) for s in order if streams[s][1] is None]
+            missing = [s for s in order if streams[s][1] is None]
             if method == "svm":
-                raise EvaluationError(f"SVM fusion needs training-video scores (trainer test --train-scores); "
-                                      f"missing for {dataset} split {split}: {', '.join(missing)}")
+                raise EvaluationError(f"SVM fusion needs training-video scores beside the test scores (trainer test "
+                                      f"--train-scores); missing for the {', '.join(missing)} net of {dataset} "
+                                      f"split {split}")
             train = None
         rows = fusion_table(test, train if method in ("svm", "both") else None, groups)
         if method == "avg":

@@ -205,11 +205,10 @@ def _fit(cfg: Config, resume: bool, procs: Processes) -> dict:
 
     start, last_val, last_saved = 0, {}, None
     if checkpoint_path.exists():
+        state = ckpt.load(checkpoint_path)
         if not resume:
-            state = ckpt.load(checkpoint_path)
             raise TrainError(f"{checkpoint_path} exists (iteration {state['step']}): add --resume to continue "
                              "it, or set run.dir to start a new run")
-        state = ckpt.load(checkpoint_path)
         try:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])

@@ -83,8 +83,8 @@ def predict(video: str | os.PathLike, spatial: str | None, temporal: str | None,
     class_lists = {name: net.state["classes"][heads[name]] for name, net in nets.items()}
     if len({tuple(c) for c in class_lists.values()}) > 1:
         raise EvaluationError("the spatial and temporal checkpoints classify different class lists")
-    reference = nets.get("temporal") or nets["spatial"]
-    store_meta = reference.state["flow"][heads["temporal" if "temporal" in nets else "spatial"]]
+    reference = "temporal" if "temporal" in nets else "spatial"  # its store says how frames were made
+    store_meta = nets[reference].state["flow"][heads[reference]]
     frames = read_frames(video, int(store_meta.get("short_side", 256)))[1]
     if len(frames) < 2:
         raise EvaluationError(f"{video}: only one frame decodes")
