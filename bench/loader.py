@@ -22,7 +22,7 @@ import torch
 
 from flowprep.codec import HEADER
 from flowprep.store import FlowStore
-from trainer.data import InputSpec, VideoEntry
+from trainer.data import InputSpec, PackedInput, VideoEntry, as_input
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,9 +35,11 @@ class FileStore:
         self.root, self.headers = root, headers
 
     def records(self, video: str, kind: str, ts) -> list[bytes]:
+        folder = self.root / video
+        if kind == "rgb":
+            return [(folder / f"img_{t + 1:05d}.jpg").read_bytes() for t in ts]
         out = []
         for t in ts:
-            folder = self.root / video
             x = (folder / f"x_{t + 1:05d}.jpg").read_bytes()
             y = (folder / f"y_{t + 1:05d}.jpg").read_bytes()
             lo_hi = self.headers[video][4:20]
@@ -68,14 +70,15 @@ def export_files(store: FlowStore, videos: list[str], root: Path) -> dict[str, b
 
 
 class Inputs(torch.utils.data.Dataset):
-    def __init__(self, source, entries: list[VideoEntry], spec: InputSpec, samples: int):
-        self.source, self.entries, self.spec, self.samples = source, entries, spec, samples
+    def __init__(self, source, entries: list[VideoEntry], spec: InputSpec, samples: int, packed: bool):
+        self.source, self.entries, self.spec, self.samples, self.packed = source, entries, spec, samples, packed
 
     def __len__(self) -> int:
         return self.samples
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.spec.training_input(self.source, self.entries[i % len(self.entries)], seed=i)
+    def __getitem__(self, i: int) -> torch.Tensor | PackedInput:
+        return self.spec.training_input(self.source, self.entries[i % len(self.entries)], seed=i,
+                                        packed=self.packed)
 
 
 def evict(paths) -> None:
@@ -89,12 +92,13 @@ def evict(paths) -> None:
             os.close(fd)
 
 
-def rate(source, entries, spec, samples: int, workers: int) -> float:
-    loader = torch.utils.data.DataLoader(Inputs(source, entries, spec, samples), batch_size=32,
+def rate(source, entries, spec, samples: int, workers: int, packed: bool = True) -> float:
+    """Float32 training batches per second in the main process (packed batches expanded there)."""
+    loader = torch.utils.data.DataLoader(Inputs(source, entries, spec, samples, packed), batch_size=32,
                                          num_workers=workers, shuffle=True)
     start = time.perf_counter()
-    for _ in loader:
-        pass
+    for batch in loader:
+        as_input(batch, torch.device("cpu"))
     return samples / (time.perf_counter() - start)
 
 

@@ -92,20 +92,26 @@ def encode_flow(flow: np.ndarray, bound: float | str, quality: int) -> bytes:
     return HEADER.pack(MAGIC, VERSION, mode, x_lo, x_hi, y_lo, y_hi, len(jx), len(jy)) + jx + jy
 
 
-def _dequantise(q: np.ndarray, mode: int, lo: float, hi: float) -> np.ndarray:
-    """Grey levels back to float32 pixels, in place on one converted copy."""
-    x = q.astype(np.float32)
+def _affine(mode: int, lo: float, hi: float) -> tuple[float, float]:
+    """(a, b) with pixels = a·level + b for one component (level 128 gives exactly 0 in the fixed mode)."""
     if mode == FIXED:
-        x -= 128.0
-        x *= np.float32(hi / 127.0)
-        return np.clip(x, lo, hi, out=x)
-    x *= np.float32((hi - lo) / 255.0)
-    x += np.float32(lo)
-    return x
+        a = hi / 127.0
+        return a, -128.0 * a
+    return (hi - lo) / 255.0, lo
 
 
-def decode_flow_components(record: bytes | memoryview) -> tuple[np.ndarray, np.ndarray]:
-    """(dx, dy) as float32 H×W arrays in pixels."""
+def level_values(a: float, b: float) -> np.ndarray:
+    """The 256 float32 pixel values of the grey levels under d = a·level + b (a look-up table)."""
+    return (a * np.arange(256, dtype=np.float64) + b).astype(np.float32)
+
+
+def flow_levels(record: bytes | memoryview) -> tuple[np.ndarray, np.ndarray, tuple[float, float], tuple[float, float]]:
+    """dx and dy as decoded grey levels (uint8 H×W each) and, per component, (a, b) with pixels = a·level + b.
+
+    For callers that crop or rescale before converting to float (trainer/data.py): they convert only the
+    pixels they keep. In the fixed mode the levels are clamped to [1, 255] (JPEG can return 0), so the
+    affine map alone gives the clipped value, and the mean of a field is a·mean(levels) + b.
+    """
     if len(record) < HEADER.size:
         raise RecordError("flow record shorter than its header")
     magic, version, mode, x_lo, x_hi, y_lo, y_hi, nx, ny = HEADER.unpack_from(record)
@@ -114,13 +120,20 @@ def decode_flow_components(record: bytes | memoryview) -> tuple[np.ndarray, np.n
     if HEADER.size + nx + ny != len(record):
         raise RecordError(f"flow record is {len(record)} bytes, header says {HEADER.size + nx + ny}")
     data = memoryview(record)
-    jx = data[HEADER.size:HEADER.size + nx]
-    jy = data[HEADER.size + nx:]
-    dx = _dequantise(_unjpeg(jx, cv2.IMREAD_GRAYSCALE), mode, x_lo, x_hi)
-    dy = _dequantise(_unjpeg(jy, cv2.IMREAD_GRAYSCALE), mode, y_lo, y_hi)
-    if dx.shape != dy.shape:
-        raise RecordError(f"dx is {dx.shape}, dy is {dy.shape}")
-    return dx, dy
+    qx = _unjpeg(data[HEADER.size:HEADER.size + nx], cv2.IMREAD_GRAYSCALE)
+    qy = _unjpeg(data[HEADER.size + nx:], cv2.IMREAD_GRAYSCALE)
+    if qx.shape != qy.shape:
+        raise RecordError(f"dx is {qx.shape}, dy is {qy.shape}")
+    if mode == FIXED:
+        cv2.max(qx, 1, dst=qx)
+        cv2.max(qy, 1, dst=qy)
+    return qx, qy, _affine(mode, x_lo, x_hi), _affine(mode, y_lo, y_hi)
+
+
+def decode_flow_components(record: bytes | memoryview) -> tuple[np.ndarray, np.ndarray]:
+    """(dx, dy) as float32 H×W arrays in pixels."""
+    qx, qy, ax, ay = flow_levels(record)
+    return cv2.LUT(qx, level_values(*ax)), cv2.LUT(qy, level_values(*ay))
 
 
 def decode_flow(record: bytes | memoryview) -> np.ndarray:
@@ -134,6 +147,11 @@ def encode_rgb(frame_bgr: np.ndarray, quality: int) -> bytes:
     return _jpeg(frame_bgr, quality)
 
 
+def decode_rgb_bgr(record: bytes | memoryview) -> np.ndarray:
+    """JPEG bytes back to a BGR uint8 H×W×3 frame (OpenCV's order)."""
+    return _unjpeg(record, cv2.IMREAD_COLOR)
+
+
 def decode_rgb(record: bytes | memoryview) -> np.ndarray:
     """JPEG bytes back to an RGB uint8 H×W×3 frame."""
-    return cv2.cvtColor(_unjpeg(record, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(decode_rgb_bgr(record), cv2.COLOR_BGR2RGB)

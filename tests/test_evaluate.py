@@ -13,8 +13,8 @@ from conftest import write_config
 
 from flowprep.store import FlowStore
 from trainer.config import load_config
-from trainer.data import InputSpec, VideoEntry
-from trainer.evaluate import Scores, frame_positions, fuse_svm, protocol_inputs, ten_crops
+from trainer.data import InputSpec, VideoEntry, ten_crops
+from trainer.evaluate import Scores, frame_positions, fuse_svm, protocol_inputs
 from trainer.fit import fit
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,10 +13,14 @@ from trainer.data import (
     TrainingSet,
     VideoEntry,
     batch_items,
+    colour_jitter,
     field_indices,
     flip_horizontal,
+    flow_volume,
+    random_crop,
     stack_fields,
     tau_range,
+    ten_crops,
 )
 
 
@@ -126,3 +130,62 @@ def test_input_spec_shapes_and_centre_crop(tmp_path) -> None:
     assert rgb.centre_input(store, entry).shape == (3, 96, 96)
     small = InputSpec("temporal", 2, "trajectory", False, True, 160, False, 0.0, (0,) * 3, (1,) * 3, 1.0)
     assert small.centre_input(store, entry).shape == (4, 160, 160)  # frames enlarged to fit the crop
+
+
+@pytest.fixture(scope="module", params=[4.0, "adaptive"], ids=["bound4", "adaptive"])
+def bidirectional_store(request, tmp_path_factory):
+    """Built-in clips extracted with forward and backward flow, fixed bound (with clipping) or adaptive."""
+    from flowprep.extract import ExtractSettings, run_extract
+    from flowprep.store import FlowStore
+    from flowprep.synthetic import SynthConfig, write_dataset
+
+    root = tmp_path_factory.mktemp("bidir")
+    write_dataset(root, SynthConfig(motion_classes=2, appearance_classes=1, clips_per_class=2, clips_per_group=1,
+                                    frames=9, width=80, height=60))
+    settings = ExtractSettings(algo="dis", short_side=0, bidirectional=True, bound=request.param)
+    run_extract(root / "videos", root / "flow", settings, workers=1)
+    store = FlowStore(root / "flow")
+    meta = store.meta("MoveUp/v_MoveUp_g01_c01")
+    return store, VideoEntry(meta["video"], 0, meta["num_frames"], meta["num_flows"], meta["num_backward"])
+
+
+def _reference_input(spec: InputSpec, store, entry: VideoEntry, seed: int) -> tuple[torch.Tensor, bool]:
+    """Training input the direct way: whole float frames, then crop, mirror, jitter, normalise; and
+    whether it was mirrored."""
+    rng = np.random.default_rng(seed)
+    lo, hi = spec.tau_range(entry)
+    tau = int(rng.integers(lo, hi + 1))
+    if spec.stream == "spatial":
+        array = store.rgb(entry.video, tau).transpose(2, 0, 1).astype(np.float32) / 255
+    else:
+        array = flow_volume(store, entry, tau, spec.flow_stack, spec.stacking, spec.bidirectional,
+                            spec.mean_subtraction)
+    array = random_crop(array, spec.crop, rng)
+    mirrored = spec.flip and rng.random() < 0.5
+    if mirrored:
+        array = flip_horizontal(array, spec.stream == "temporal")
+    if spec.stream == "spatial" and spec.rgb_jitter > 0:
+        array = colour_jitter(array, spec.rgb_jitter, rng)
+    return spec.normalise(array), mirrored
+
+
+@pytest.mark.parametrize("stream,bidirectional,mean_subtraction", [
+    ("temporal", False, True), ("temporal", True, True), ("temporal", False, False), ("spatial", False, True)])
+def test_inputs_cropped_from_levels_equal_whole_frame_conversion(bidirectional_store, stream, bidirectional,
+                                                                 mean_subtraction) -> None:
+    store, entry = bidirectional_store
+    spec = InputSpec(stream, 4, "optical_flow", bidirectional, mean_subtraction, 48, True, 0.2,
+                     (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0.5)
+    mirrored = 0
+    for seed in range(12):
+        reference, flipped = _reference_input(spec, store, entry, seed)
+        assert torch.allclose(spec.training_input(store, entry, seed), reference, atol=1e-5), seed
+        mirrored += flipped
+    assert 0 < mirrored < 12  # both mirrored and plain crops were compared
+    tau = sum(spec.tau_range(entry)) // 2
+    whole = spec.raw(store, entry, tau)
+    expected = torch.stack([spec.normalise(c) for c in ten_crops(whole, 48, stream == "temporal")])
+    assert torch.allclose(spec.test_crops(store, entry, tau), expected, atol=1e-5)
+    if stream == "temporal":
+        reference = flow_volume(store, entry, tau, 4, "optical_flow", bidirectional, mean_subtraction)
+        assert np.allclose(whole, reference, atol=1e-5)

@@ -22,12 +22,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 import torch
 
-from flowprep.codec import decode_flow_components
+from flowprep.codec import decode_flow_components, decode_rgb_bgr, flow_levels
 from flowprep.pipeline import load_pipeline
 from flowprep.splits import match_videos, read_split
 from flowprep.store import FlowStore
@@ -192,6 +193,117 @@ def flow_volume(store: FlowStore, entry: VideoEntry, tau: int, length: int, stac
     return stack_fields(fields, stacking, mean_subtraction, restart_at=length // 2 if bidirectional else None)
 
 
+class PackedInput(NamedTuple):
+    """Inputs still as 8-bit levels: the float input is ``levels · scale + offset`` per channel.
+
+    A DataLoader worker hands these to the training process instead of float32 inputs: 4× fewer bytes
+    through shared memory (the limit for temporal inputs: ~1,100 float32 112×112×20 inputs/s per worker
+    on the development machine, ~3,700 as levels) and to the GPU; :func:`as_input` expands them there.
+    Shapes: levels uint8 [N×]C×H×W, scale and offset float32 [N×]C.
+    """
+
+    levels: torch.Tensor
+    scale: torch.Tensor
+    offset: torch.Tensor
+
+    def expand(self) -> torch.Tensor:
+        return self.levels.to(torch.float32).mul_(self.scale[..., None, None]).add_(self.offset[..., None, None])
+
+
+def as_input(batch: torch.Tensor | PackedInput, device: torch.device) -> torch.Tensor:
+    """A loader batch as float32 N×C×H×W on ``device`` (packed levels are moved first, then expanded)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    return PackedInput(*(t.to(device, non_blocking=True) for t in batch)).expand()
+
+
+@dataclass
+class LevelPlanes:
+    """An input still as decoded 8-bit planes: channel c is ``scale[c] · planes[c] + offset[c]``.
+
+    JPEG records decode to uint8 levels, and every step up to the network input is affine per channel
+    (dequantisation, mean subtraction, mirroring's sign change, normalisation). So crops are cut and
+    mirrored on the 8-bit planes and only the crop is converted, once — where converting, stacking,
+    mean-subtracting, cropping, mirroring and scaling whole float frames took six passes over float
+    copies (bench/loader.py). ``scale``/``offset`` give the input's own units: flow pixels
+    (mean-subtracted when asked) or RGB in [0, 1]. ``mirror_sign`` is −1 for the channels a horizontal
+    mirror negates (flow dx), else 1.
+    """
+
+    planes: list[np.ndarray]
+    scale: np.ndarray
+    offset: np.ndarray
+    mirror_sign: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.planes[0].shape
+
+    def enlarged(self, crop: int, is_flow: bool) -> LevelPlanes:
+        """Planes resized so the smaller side is at least ``crop`` (flow values grow with the frame)."""
+        h, w = self.shape
+        if min(h, w) >= crop:
+            return self
+        factor = crop / min(h, w)
+        size = (max(crop, round(w * factor)), max(crop, round(h * factor)))
+        planes = [cv2.resize(p, size, interpolation=cv2.INTER_LINEAR) for p in self.planes]
+        gain = factor if is_flow else 1.0
+        return LevelPlanes(planes, self.scale * gain, self.offset * gain, self.mirror_sign)
+
+    def crop(self, top: int, left: int, height: int, width: int, flip: bool = False,
+             scale: np.ndarray | float = 1.0, offset: np.ndarray | float = 0.0) -> PackedInput:
+        """The region at (top, left), mirrored if ``flip``, normalised as ``scale · x + offset`` per channel
+        (``scale``, ``offset``: scalars or one value per channel), still as levels."""
+        gain = np.broadcast_to(np.asarray(scale, np.float64), self.scale.shape)
+        if flip:
+            gain = gain * self.mirror_sign
+        levels = np.empty((len(self.planes), height, width), np.uint8)
+        for c, plane in enumerate(self.planes):
+            view = plane[top:top + height, left:left + width]
+            if flip:
+                cv2.flip(view, 1, dst=levels[c])
+            else:
+                levels[c] = view
+        return PackedInput(torch.from_numpy(levels), torch.from_numpy((self.scale * gain).astype(np.float32)),
+                           torch.from_numpy((self.offset * gain + offset).astype(np.float32)))
+
+    def convert(self, top: int, left: int, height: int, width: int, flip: bool = False,
+                scale: np.ndarray | float = 1.0, offset: np.ndarray | float = 0.0) -> np.ndarray:
+        """:meth:`crop` expanded to C×height×width float32."""
+        return self.crop(top, left, height, width, flip, scale, offset).expand().numpy()
+
+    def full(self) -> np.ndarray:
+        return self.convert(0, 0, *self.shape)
+
+
+def flow_level_planes(store: FlowStore, entry: VideoEntry, tau: int, length: int, bidirectional: bool,
+                      mean_subtraction: bool) -> LevelPlanes:
+    """The optical-flow-stacked I_τ (eq. 1) as 8-bit planes; each field's mean vector comes from its
+    levels (mean = a·mean(level) + b), so no float field is made."""
+    indices = field_indices(tau, entry.num_flows, length, bidirectional)
+    decoded: dict[tuple[str, int], tuple] = {}
+    for kind in ("flow", "back"):
+        ts = sorted({t for k, t in indices if k == kind})
+        if ts:
+            for t, record in zip(ts, store.records(entry.video, kind, ts), strict=True):
+                decoded[(kind, t)] = flow_levels(record)
+    planes, scale, offset = [], [], []
+    for index in indices:
+        qx, qy, (ax, bx), (ay, by) = decoded[index]
+        for q, a, b in ((qx, ax, bx), (qy, ay, by)):
+            planes.append(q)
+            scale.append(a)
+            offset.append(-a * cv2.mean(q)[0] if mean_subtraction else b)
+    sign = np.tile(np.array([-1.0, 1.0]), len(indices))
+    return LevelPlanes(planes, np.array(scale), np.array(offset), sign)
+
+
+def rgb_level_planes(store: FlowStore, entry: VideoEntry, t: int) -> LevelPlanes:
+    """Frame t as R, G, B 8-bit planes with values in [0, 1]."""
+    blue, green, red = cv2.split(decode_rgb_bgr(store.records(entry.video, "rgb", [t])[0]))
+    return LevelPlanes([red, green, blue], np.full(3, 1 / 255), np.zeros(3), np.ones(3))
+
+
 # ---------------------------------------------------------------------------------------------
 # Cropping, flipping, normalisation (inputs are C×H×W float32)
 
@@ -227,17 +339,32 @@ def centre_crop(array: np.ndarray, crop: int) -> np.ndarray:
     return array[:, top:top + crop, left:left + crop]
 
 
+def crop_positions(shape: tuple[int, int], crop: int) -> list[tuple[int, int]]:
+    """(top, left) of the four corners and the centre (the test protocol's 5 crops)."""
+    h, w = shape
+    return [(0, 0), (0, w - crop), (h - crop, 0), (h - crop, w - crop), ((h - crop) // 2, (w - crop) // 2)]
+
+
 def corner_crops(array: np.ndarray, crop: int) -> list[np.ndarray]:
     """The four corners and the centre (the test protocol's 5 crops)."""
-    h, w = array.shape[1:]
-    return [array[:, :crop, :crop], array[:, :crop, w - crop:], array[:, h - crop:, :crop],
-            array[:, h - crop:, w - crop:], centre_crop(array, crop)]
+    return [array[:, top:top + crop, left:left + crop] for top, left in crop_positions(array.shape[1:], crop)]
+
+
+def jitter_shift(sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """A random multiple of the RGB principal components (Krizhevsky et al.'s colour jitter), per channel."""
+    alpha = rng.normal(0, sigma, 3).astype(np.float32)
+    return _PCA_VECTORS @ (alpha * _PCA_VALUES)
+
+
+def ten_crops(array: np.ndarray, crop: int, is_flow: bool) -> list[np.ndarray]:
+    """Four corners and centre, then the same five mirrored (flow: dx channels negated)."""
+    crops = corner_crops(array, crop)
+    return crops + [flip_horizontal(c, is_flow) for c in crops]
 
 
 def colour_jitter(rgb: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Add a random multiple of the RGB principal components (3×H×W RGB in [0, 1])."""
-    alpha = rng.normal(0, sigma, 3).astype(np.float32)
-    return rgb + (_PCA_VECTORS @ (alpha * _PCA_VALUES))[:, None, None]
+    return rgb + jitter_shift(sigma, rng)[:, None, None]
 
 
 @dataclass(frozen=True)
@@ -266,21 +393,43 @@ class InputSpec:
     def channels(self) -> int:
         return 3 if self.stream == "spatial" else 2 * self.flow_stack
 
-    def raw(self, store: FlowStore, entry: VideoEntry, tau: int) -> np.ndarray:
-        """The whole-frame C×H×W input at τ before cropping: RGB in [0, 1] or the flow volume in pixels."""
+    @property
+    def from_levels(self) -> bool:
+        """Whether inputs are cut from 8-bit planes (all but trajectory stacking, which samples float
+        fields along trajectories)."""
+        return self.stream == "spatial" or self.stacking == "optical_flow"
+
+    def levels(self, store: FlowStore, entry: VideoEntry, tau: int) -> LevelPlanes:
+        """The input at τ as 8-bit planes, enlarged when a side is below the crop (needs :attr:`from_levels`)."""
         if self.stream == "spatial":
-            array = store.rgb(entry.video, tau).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+            planes = rgb_level_planes(store, entry, tau)
         else:
-            array = flow_volume(store, entry, tau, self.flow_stack, self.stacking, self.bidirectional,
-                                self.mean_subtraction)
-        return fit_to_crop(array, self.crop, self.stream == "temporal")
+            planes = flow_level_planes(store, entry, tau, self.flow_stack, self.bidirectional, self.mean_subtraction)
+        return planes.enlarged(self.crop, self.stream == "temporal")
+
+    def raw(self, store: FlowStore, entry: VideoEntry, tau: int) -> np.ndarray:
+        """The whole-frame C×H×W input at τ before cropping: RGB in [0, 1] or the flow volume in pixels,
+        enlarged when a side is below the crop."""
+        if self.from_levels:
+            return self.levels(store, entry, tau).full()
+        array = flow_volume(store, entry, tau, self.flow_stack, self.stacking, self.bidirectional,
+                            self.mean_subtraction)
+        return fit_to_crop(array, self.crop, True)
+
+    def normalisation(self, shift: np.ndarray | None = None) -> tuple[np.ndarray | float, np.ndarray | float]:
+        """(scale, offset) of the normalisation x → scale·x + offset; ``shift``: an RGB colour-jitter shift."""
+        if self.stream == "spatial":
+            std = np.array(self.rgb_std, np.float64)
+            mean = np.array(self.rgb_mean, np.float64) - (0 if shift is None else shift)
+            return 1 / std, -mean / std
+        return self.flow_scale, 0.0
 
     def normalise(self, array: np.ndarray) -> torch.Tensor:
+        scale, offset = self.normalisation()
         if self.stream == "spatial":
-            mean = np.array(self.rgb_mean, np.float32)[:, None, None]
-            array = (array - mean) / np.array(self.rgb_std, np.float32)[:, None, None]
+            array = array * np.asarray(scale, np.float32)[:, None, None] + np.asarray(offset, np.float32)[:, None, None]
         else:
-            array = array * np.float32(self.flow_scale)
+            array = array * np.float32(scale)
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
     def tau_range(self, entry: VideoEntry) -> tuple[int, int]:
@@ -288,19 +437,48 @@ class InputSpec:
             return 0, entry.num_frames - 1
         return tau_range(entry.num_flows, self.flow_stack, self.bidirectional)
 
-    def training_input(self, store: FlowStore, entry: VideoEntry, seed: int) -> torch.Tensor:
+    def training_input(self, store: FlowStore, entry: VideoEntry, seed: int,
+                       packed: bool = False) -> torch.Tensor | PackedInput:
+        """A random crop at a random τ, randomly mirrored, RGB colour-jittered; the same for the same seed.
+        ``packed``: as 8-bit levels where the input allows (:class:`PackedInput`)."""
         rng = np.random.default_rng(seed)
         lo, hi = self.tau_range(entry)
-        array = random_crop(self.raw(store, entry, int(rng.integers(lo, hi + 1))), self.crop, rng)
-        if self.flip and rng.random() < 0.5:
-            array = flip_horizontal(array, self.stream == "temporal")
+        tau = int(rng.integers(lo, hi + 1))
+        if not self.from_levels:
+            array = random_crop(self.raw(store, entry, tau), self.crop, rng)
+            if self.flip and rng.random() < 0.5:
+                array = flip_horizontal(array, True)
+            return self.normalise(array)
+        levels = self.levels(store, entry, tau)
+        h, w = levels.shape
+        top, left = int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
+        flip = self.flip and rng.random() < 0.5
+        shift = None
         if self.stream == "spatial" and self.rgb_jitter > 0:
-            array = colour_jitter(array, self.rgb_jitter, rng)
-        return self.normalise(array)
+            shift = jitter_shift(self.rgb_jitter, rng)
+        out = levels.crop(top, left, self.crop, self.crop, flip, *self.normalisation(shift))
+        return out if packed else out.expand()
+
+    def test_crops(self, store: FlowStore, entry: VideoEntry, tau: int,
+                   packed: bool = False) -> torch.Tensor | PackedInput:
+        """The test protocol's 10 inputs of frame τ: the four corners and the centre, then the same five
+        mirrored; 10×C×crop×crop (``packed``: as 8-bit levels where the input allows)."""
+        if not self.from_levels:
+            return torch.stack([self.normalise(c) for c in ten_crops(self.raw(store, entry, tau), self.crop, True)])
+        levels, (scale, offset) = self.levels(store, entry, tau), self.normalisation()
+        crops = [levels.crop(top, left, self.crop, self.crop, flip, scale, offset)
+                 for flip in (False, True) for top, left in crop_positions(levels.shape, self.crop)]
+        out = PackedInput(*(torch.stack(parts) for parts in zip(*crops, strict=True)))
+        return out if packed else out.expand()
 
     def centre_input(self, store: FlowStore, entry: VideoEntry) -> torch.Tensor:
         lo, hi = self.tau_range(entry)
-        return self.normalise(centre_crop(self.raw(store, entry, (lo + hi) // 2), self.crop))
+        tau = (lo + hi) // 2
+        if not self.from_levels:
+            return self.normalise(centre_crop(self.raw(store, entry, tau), self.crop))
+        levels = self.levels(store, entry, tau)
+        top, left = crop_positions(levels.shape, self.crop)[4]
+        return levels.crop(top, left, self.crop, self.crop, False, *self.normalisation()).expand()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,7 +526,8 @@ class StepBatches:
 
 
 class TrainInputs(torch.utils.data.Dataset):
-    """Map-style dataset indexed by :class:`Item`: (input, label, dataset index)."""
+    """Map-style dataset indexed by :class:`Item`: (input, label, dataset index); inputs packed as 8-bit
+    levels where they allow (expand batches with :func:`as_input`)."""
 
     def __init__(self, datasets: Sequence[TrainingSet], spec: InputSpec):
         self.datasets, self.spec = datasets, spec
@@ -356,10 +535,10 @@ class TrainInputs(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return sum(len(ds.train) for ds in self.datasets)
 
-    def __getitem__(self, item: Item) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, item: Item) -> tuple[torch.Tensor | PackedInput, int, int]:
         ds = self.datasets[item.dataset]
         entry = ds.train[item.video]
-        return self.spec.training_input(ds.store, entry, item.seed), entry.label, item.dataset
+        return self.spec.training_input(ds.store, entry, item.seed, packed=True), entry.label, item.dataset
 
 
 class CentreInputs(torch.utils.data.Dataset):

@@ -22,10 +22,10 @@ from trainer import checkpoint as ckpt
 from trainer.config import Config, config_from_dict
 from trainer.data import (
     InputSpec,
+    PackedInput,
     TrainingSet,
     VideoEntry,
-    corner_crops,
-    flip_horizontal,
+    as_input,
     open_datasets,
 )
 from trainer.models import CNNM2048, build_model
@@ -42,16 +42,9 @@ def frame_positions(lo: int, hi: int, count: int = TEST_FRAMES) -> list[int]:
     return [int(round(v)) for v in np.linspace(lo, hi, count)]
 
 
-def ten_crops(array: np.ndarray, crop: int, is_flow: bool) -> list[np.ndarray]:
-    """Four corners and centre, then the same five flipped (flow: dx channels negated)."""
-    crops = corner_crops(array, crop)
-    return crops + [flip_horizontal(c, is_flow) for c in crops]
-
-
 def frame_inputs(spec: InputSpec, store, entry: VideoEntry, tau: int) -> torch.Tensor:
     """The 10 normalised test inputs of frame τ: 10×C×crop×crop."""
-    crops = ten_crops(spec.raw(store, entry, tau), spec.crop, spec.stream == "temporal")
-    return torch.stack([spec.normalise(c) for c in crops])
+    return spec.test_crops(store, entry, tau)
 
 
 def protocol_inputs(spec: InputSpec, store, entry: VideoEntry, frames: int = TEST_FRAMES) -> torch.Tensor:
@@ -100,14 +93,18 @@ class _FrameCrops(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | PackedInput, int]:
         v, tau = self.items[i]
-        return frame_inputs(self.spec, self.store, self.entries[v], tau), v
+        return self.spec.test_crops(self.store, self.entries[v], tau, packed=True), v
 
 
-def _concat(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    inputs = torch.cat([x for x, _ in batch])
-    owners = torch.tensor([v for x, v in batch for _ in range(len(x))])
+def _concat(batch: list[tuple[torch.Tensor | PackedInput, int]]) -> tuple[torch.Tensor | PackedInput, torch.Tensor]:
+    crops = [x for x, _ in batch]
+    if isinstance(crops[0], PackedInput):
+        inputs = PackedInput(*(torch.cat(parts) for parts in zip(*crops, strict=True)))
+    else:
+        inputs = torch.cat(crops)
+    owners = torch.tensor([v for x, v in batch for _ in range(len(x.levels) if isinstance(x, PackedInput) else len(x))])
     return inputs, owners
 
 
@@ -122,7 +119,7 @@ def score_videos(net: LoadedNet, dataset: TrainingSet, entries: Sequence[VideoEn
     sums = torch.zeros(len(entries), len(dataset.classes), dtype=torch.float64)
     counts = torch.zeros(len(entries), dtype=torch.int64)
     for inputs, owners in loader:
-        inputs = inputs.to(device)
+        inputs = as_input(inputs, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = net.model(inputs)[dataset.name]
         sums.index_add_(0, owners, torch.softmax(logits.float(), dim=1).cpu().double())

@@ -22,7 +22,7 @@ from torch import nn
 
 from trainer import checkpoint as ckpt
 from trainer.config import Config
-from trainer.data import CentreInputs, InputSpec, StepBatches, TrainingSet, TrainInputs, open_datasets
+from trainer.data import CentreInputs, InputSpec, StepBatches, TrainingSet, TrainInputs, as_input, open_datasets
 from trainer.metrics import append_row, plot_curves
 from trainer.models import build_model, count_parameters, load_pretrained
 
@@ -105,7 +105,7 @@ def validate(model: nn.Module, datasets: list[TrainingSet], spec: InputSpec, lim
     was_training = model.training
     model.eval()
     for x, y, task in loader:
-        x = x.to(device, non_blocking=True)
+        x = as_input(x, device)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -267,7 +267,7 @@ def _fit(cfg: Config, resume: bool, procs: Processes) -> dict:
         lr = lr_at(step, cfg.optim.lr, milestones)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x = x.to(procs.device, non_blocking=True)
+        x = as_input(x, procs.device)
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         y, task = y.to(procs.device, non_blocking=True), task.to(procs.device, non_blocking=True)

@@ -36,6 +36,9 @@ class ClipStore:
     def records(self, video: str, kind: str, ts: Sequence[int]) -> list[bytes]:
         out = []
         for t in ts:
+            if kind == "rgb":
+                out.append(encode_rgb(self.frames[t], self.rgb_quality))
+                continue
             if (kind, t) not in self._cache:
                 a, b = (self.grey[t], self.grey[t + 1]) if kind == "flow" else (self.grey[t + 1], self.grey[t])
                 self._cache[(kind, t)] = encode_flow(self.method(a, b), self.bound, self.quality)
