@@ -1,12 +1,16 @@
 """Input loading speed: our LMDB shards against one JPEG file per field (the layout other tools write).
 
-Usage: python bench/loader.py [--store data/flow/synthetic] [--samples 512] [--workers 1,2]
+Usage: python bench/loader.py [--store data/flow/synthetic] [--samples 512] [--workers 1,2] [--crop 112]
+                              [--repeat 3] [--cold [--drop-caches]]
 
 Reads random training inputs — spatial (one RGB frame) and temporal (L = 10 stacked flow fields) —
 through a DataLoader, from the store and from the same JPEG bytes written as files
 (``img_00001.jpg``, ``x_00001.jpg``, ``y_00001.jpg`` in one folder per video, as in
 ../shared/data/flow-jpeg-reference), with the same decoder (OpenCV) and the same input code.
-Prints samples/s; no pass/fail. Makes the built-in dataset's store first if it is missing.
+Prints samples/s (the median of ``--repeat`` runs); no pass/fail. Inputs are counted when they are
+float32 batches in the training process (packed 8-bit batches expanded there, as ``trainer fit`` does).
+``--cold``: both copies are evicted from the page cache before every run and each run reads one input
+from each of (up to ``--samples``) different videos, so no input finds another's pages cached.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 
 from flowprep.codec import HEADER
-from flowprep.store import FlowStore
+from flowprep.store import FlowStore, close_env
 from trainer.data import InputSpec, PackedInput, VideoEntry, as_input
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,9 +85,20 @@ class Inputs(torch.utils.data.Dataset):
                                         packed=self.packed)
 
 
+DROP_ALL = False  # --drop-caches
+
+
 def evict(paths) -> None:
-    """Drop the files' pages from the page cache (posix_fadvise DONTNEED), for cold-cache figures."""
+    """Drop the files' pages from the page cache (posix_fadvise DONTNEED), for cold-cache figures.
+    Pages mapped by a process are not dropped, so this process's LMDB maps are closed first. File
+    metadata (dentries, inodes) stays cached; with --drop-caches (root) every cache is dropped."""
+    for path in paths:
+        if Path(path).name == "data.mdb":
+            close_env(Path(path).parent)
     os.sync()  # dirty pages (the per-file copy was just written) are not dropped
+    if DROP_ALL:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return
     for path in paths:
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -92,14 +107,37 @@ def evict(paths) -> None:
             os.close(fd)
 
 
-def rate(source, entries, spec, samples: int, workers: int, packed: bool = True) -> float:
+def rate(source, entries, spec, samples: int, workers: int, packed: bool = True, evict_first=()) -> float:
     """Float32 training batches per second in the main process (packed batches expanded there)."""
     loader = torch.utils.data.DataLoader(Inputs(source, entries, spec, samples, packed), batch_size=32,
                                          num_workers=workers, shuffle=True)
+    if evict_first:
+        evict(evict_first)
     start = time.perf_counter()
     for batch in loader:
         as_input(batch, torch.device("cpu"))
     return samples / (time.perf_counter() - start)
+
+
+def read_and_build_us(source, entries, spec, count: int = 300, evict_paths=()) -> tuple[float, float]:
+    """Mean µs per input, in this process: reading its records' bytes, and the whole input (read, decode,
+    crop, pack). ``evict_paths``: evicted before each
+    of the two passes (then use count <= len(entries): one input per video)."""
+    picks = [(entries[i % len(entries)], i) for i in range(count)]
+    kind, length = ("rgb", 1) if spec.stream == "spatial" else ("flow", spec.flow_stack)
+    if evict_paths:
+        evict(evict_paths)
+    start = time.perf_counter()
+    for entry, i in picks:
+        first = i % max(1, entry.num_flows - length + 1)
+        source.records(entry.video, kind, range(first, first + length))
+    read = time.perf_counter() - start
+    if evict_paths:
+        evict(evict_paths)
+    start = time.perf_counter()
+    for entry, i in picks:
+        spec.training_input(source, entry, seed=i, packed=True)
+    return 1e6 * read / count, 1e6 * (time.perf_counter() - start) / count
 
 
 def main() -> None:
@@ -109,9 +147,17 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--crop", type=int, default=112)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is printed")
     parser.add_argument("--cold", action="store_true",
-                        help="evict both copies from the page cache before each measurement")
+                        help="evict both copies from the page cache before each run; one input per video")
+    parser.add_argument("--drop-caches", action="store_true",
+                        help="with --cold: drop every cache, file metadata included (root only)")
     args = parser.parse_args()
+    if args.drop_caches:
+        if os.geteuid() != 0:
+            raise SystemExit("--drop-caches needs root (it writes /proc/sys/vm/drop_caches)")
+        global DROP_ALL
+        DROP_ALL = args.cold = True
     if not args.store.is_dir():
         raise SystemExit(f"{args.store}: no store; make one with `make data flow` (the built-in dataset)")
     store = FlowStore(args.store)
@@ -126,28 +172,43 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="flowprep-files-", dir=args.store.parent) as tmp:
         files = FileStore(Path(tmp), export_files(store, videos, Path(tmp)))
         count = sum(1 for _ in Path(tmp).rglob("*.jpg"))
-        cache = "evicted from the page cache before each run" if args.cold else "page cache warm for both"
+        cache = ("every cache dropped before each run" if args.drop_caches else
+                 "evicted from the page cache before each run" if args.cold else "page cache warm for both")
+        samples = min(args.samples, len(entries)) if args.cold else args.samples
         print(f"# {len(videos)} videos from {args.store}; per-file copy: {count} JPEG files; crop {args.crop}; "
-              f"{args.samples} samples per measurement ({cache})")
+              f"{samples} samples per run, median of {args.repeat} runs ({cache})")
         file_paths = [str(p) for p in Path(tmp).rglob("*.jpg")]
         store_paths = [str(p) for p in args.store.glob("shard-*.lmdb/data.mdb")]
         print("| input | DataLoader workers | LMDB samples/s | files samples/s | LMDB / files |")
         print("|---|---|---|---|---|")
         for name, spec in specs.items():
             for workers in (int(w) for w in args.workers.split(",")):
-                if args.cold:
-                    evict(store_paths)
-                else:
-                    rate(store, entries, spec, 64, workers)  # warm the page cache
-                lmdb_rate = rate(store, entries, spec, args.samples, workers)
-                if args.cold:
-                    evict(file_paths)
-                else:
-                    rate(files, entries, spec, 64, workers)
-                file_rate = rate(files, entries, spec, args.samples, workers)
+                figures = {}
+                reader = FlowStore(args.store, readahead=spec.stream == "temporal")  # as trainer/data.py opens it
+                for label, source, paths in (("lmdb", reader, store_paths), ("files", files, file_paths)):
+                    if not args.cold:
+                        rate(source, entries, spec, 64, workers)  # warm the page cache
+                    runs = [rate(source, entries, spec, samples, workers, evict_first=paths if args.cold else ())
+                            for _ in range(args.repeat)]
+                    figures[label] = float(np.median(runs))
+                lmdb_rate, file_rate = figures["lmdb"], figures["files"]
                 print(f"| {name} | {workers} | {lmdb_rate:.0f} | {file_rate:.0f} | {lmdb_rate / file_rate:.2f}x |",
                       flush=True)
-
+        state = ("dropped (file metadata too) before each pass, one input per video" if args.drop_caches else
+                 "evicted before each pass, one input per video" if args.cold else "warm")
+        print(f"\nOne process, no DataLoader, page cache {state}: µs per input to read its bytes, and to build")
+        print("it whole (read, decode, crop, pack); median of the runs.\n")
+        print("| input | LMDB read µs | files read µs | LMDB whole µs | files whole µs | LMDB / files |")
+        print("|---|---|---|---|---|---|")
+        count = len(entries) if args.cold else 300
+        for name, spec in specs.items():
+            reader = FlowStore(args.store, readahead=spec.stream == "temporal")
+            runs = [[*read_and_build_us(reader, entries, spec, count, store_paths if args.cold else ()),
+                     *read_and_build_us(files, entries, spec, count, file_paths if args.cold else ())]
+                    for _ in range(args.repeat)]
+            lmdb_read, lmdb_whole, file_read, file_whole = np.median(np.array(runs), axis=0)
+            print(f"| {name} | {lmdb_read:.0f} | {file_read:.0f} | {lmdb_whole:.0f} | {file_whole:.0f} | "
+                  f"{file_whole / lmdb_whole:.2f}x |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -72,18 +72,24 @@ def write_json_atomic(path: Path, obj: object) -> None:
 # lmdb refuses to open one environment twice in a process, and a handle must not be used across
 # fork(): every shard is opened through this per-process cache, which reopens after a fork and
 # swaps a read-only handle for a writable one when a writer asks.
-_ENVS: dict[str, tuple[int, bool, lmdb.Environment, dict[bytes, object]]] = {}
+_ENVS: dict[str, tuple[int, str, lmdb.Environment, dict[bytes, object]]] = {}  # pid, mode, env, dbs
 _REAL_PATHS: dict[str, str] = {}  # realpath() costs ~30 µs, once per record read without this
 
 
-def _open_env(path: Path, write: bool = False) -> tuple[lmdb.Environment, dict[bytes, object]]:
+def _open_env(path: Path, write: bool = False, readahead: bool = True) -> tuple[lmdb.Environment, dict[bytes, object]]:
+    """The process's handle of one shard. ``readahead`` (readers): let the kernel read around a page
+    fault. On for runs of consecutive records of one video (the L fields of a temporal input, stored
+    next to each other): one I/O instead of a 4 KB fault per page, half the cold read time of a
+    temporal input in bench/loader.py. Off for single records (an RGB frame), where reading around
+    fetches pages nobody asked for."""
     key = _REAL_PATHS.get(str(path))
     if key is None:
         key = _REAL_PATHS[str(path)] = os.path.realpath(path)
+    mode = "write" if write else "readahead" if readahead else "random"
     cached = _ENVS.get(key)
     if cached is not None:
-        pid, writable, env, dbs = cached
-        if pid == os.getpid() and (writable or not write):
+        pid, cached_mode, env, dbs = cached
+        if pid == os.getpid() and (cached_mode == mode or (cached_mode == "write" and not write)):
             return env, dbs
         env.close()
         del _ENVS[key]
@@ -95,11 +101,11 @@ def _open_env(path: Path, write: bool = False) -> tuple[lmdb.Environment, dict[b
             raise StoreError(f"{path}: not an LMDB shard (no data.mdb)")
         try:
             env = lmdb.open(key, readonly=True, lock=False, max_dbs=_MAX_DBS, subdir=True,
-                            readahead=False, meminit=False)
+                            readahead=readahead, meminit=False)
             dbs = {name: env.open_db(name, create=False) for name in (b"meta", b"data")}
         except lmdb.Error as exc:
             raise StoreError(f"{path}: cannot open LMDB shard: {exc}") from None
-    _ENVS[key] = (os.getpid(), write, env, dbs)
+    _ENVS[key] = (os.getpid(), mode, env, dbs)
     return env, dbs
 
 
@@ -186,16 +192,16 @@ class FlowStore:
 
     Safe in DataLoader worker processes: the object holds no LMDB handle (it pickles as plain data);
     shards are opened lazily, once per process (``readonly=True, lock=False``), and reopened after
-    a fork. Do not read a
-    store while ``flowprep extract`` is still writing to it.
+    a fork. ``readahead=False`` for readers of single records (RGB frames) rather than runs of
+    consecutive ones (flow stacks). Do not read a store while ``flowprep extract`` is still writing to it.
 
     >>> store = FlowStore("out/ucf101")
     >>> video = store.videos()[0]
     >>> store.rgb(video, 0).shape, store.flow(video, 0).shape   # (H, W, 3) uint8, (H, W, 2) float32
     """
 
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike, readahead: bool = True):
+        self.root, self.readahead = Path(root), readahead
         if not self.root.is_dir():
             raise StoreError(f"{self.root}: no such folder")
         self.shards = sorted(self.root.glob(SHARD_GLOB))
@@ -204,7 +210,7 @@ class FlowStore:
         self._where: dict[str, int] | None = None
 
     def _env(self, shard: int) -> tuple[lmdb.Environment, dict[bytes, object]]:
-        return _open_env(self.shards[shard])
+        return _open_env(self.shards[shard], readahead=self.readahead)
 
     def _index(self) -> dict[str, int]:
         if self._where is None:

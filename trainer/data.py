@@ -89,7 +89,7 @@ def open_datasets(cfg: Config) -> list[TrainingSet]:
                 hint = (f"extract it with `flowprep extract {ds.pipeline}`" if pipeline.videos.is_dir()
                         else pipeline.missing_message())
                 raise DataError(f"dataset {ds.name}: no flow store at {store_path}; {hint}")
-        store = FlowStore(store_path)
+        store = FlowStore(store_path, readahead=cfg.data.stream == "temporal")  # runs of fields vs single frames
         split = read_split(split_format, splits, cfg.data.split)
         matched = match_videos(split, store.videos())
         metas = {m["video"]: m for m in store.iter_meta()}
