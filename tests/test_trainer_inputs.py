@@ -13,10 +13,10 @@ from trainer.data import (
     TrainingSet,
     VideoEntry,
     batch_items,
-    colour_jitter,
     field_indices,
     flip_horizontal,
     flow_volume,
+    jitter_shift,
     random_crop,
     stack_fields,
     tau_range,
@@ -165,7 +165,7 @@ def _reference_input(spec: InputSpec, store, entry: VideoEntry, seed: int) -> tu
     if mirrored:
         array = flip_horizontal(array, spec.stream == "temporal")
     if spec.stream == "spatial" and spec.rgb_jitter > 0:
-        array = colour_jitter(array, spec.rgb_jitter, rng)
+        array = array + jitter_shift(spec.rgb_jitter, rng)[:, None, None]
     return spec.normalise(array), mirrored
 
 

@@ -19,7 +19,7 @@ horizontal flip (for flow: mirror and negate every dx channel), PCA colour jitte
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -175,14 +175,16 @@ def stack_fields(fields: Sequence[Field], stacking: str = "optical_flow", mean_s
     return volume
 
 
-def read_fields(store: FlowStore, video: str, indices: Sequence[tuple[str, int]]) -> list[Field]:
-    """Decoded (dx, dy) of the given (kind, t) fields, in order, one read transaction per kind."""
-    out: dict[tuple[str, int], Field] = {}
+def read_fields(store: FlowStore, video: str, indices: Sequence[tuple[str, int]],
+                decode: Callable = decode_flow_components) -> list:
+    """The given (kind, t) flow records decoded by ``decode`` (default: float (dx, dy)), in order; one
+    read transaction per kind, each distinct record decoded once."""
+    out: dict[tuple[str, int], object] = {}
     for kind in ("flow", "back"):
         ts = sorted({t for k, t in indices if k == kind})
         if ts:
             for t, record in zip(ts, store.records(video, kind, ts), strict=True):
-                out[(kind, t)] = decode_flow_components(record)
+                out[(kind, t)] = decode(record)
     return [out[i] for i in indices]
 
 
@@ -280,21 +282,14 @@ def flow_level_planes(store: FlowStore, entry: VideoEntry, tau: int, length: int
                       mean_subtraction: bool) -> LevelPlanes:
     """The optical-flow-stacked I_τ (eq. 1) as 8-bit planes; each field's mean vector comes from its
     levels (mean = a·mean(level) + b), so no float field is made."""
-    indices = field_indices(tau, entry.num_flows, length, bidirectional)
-    decoded: dict[tuple[str, int], tuple] = {}
-    for kind in ("flow", "back"):
-        ts = sorted({t for k, t in indices if k == kind})
-        if ts:
-            for t, record in zip(ts, store.records(entry.video, kind, ts), strict=True):
-                decoded[(kind, t)] = flow_levels(record)
+    fields = read_fields(store, entry.video, field_indices(tau, entry.num_flows, length, bidirectional), flow_levels)
     planes, scale, offset = [], [], []
-    for index in indices:
-        qx, qy, (ax, bx), (ay, by) = decoded[index]
+    for qx, qy, (ax, bx), (ay, by) in fields:
         for q, a, b in ((qx, ax, bx), (qy, ay, by)):
             planes.append(q)
             scale.append(a)
             offset.append(-a * cv2.mean(q)[0] if mean_subtraction else b)
-    sign = np.tile(np.array([-1.0, 1.0]), len(indices))
+    sign = np.tile(np.array([-1.0, 1.0]), len(fields))
     return LevelPlanes(planes, np.array(scale), np.array(offset), sign)
 
 
@@ -360,11 +355,6 @@ def ten_crops(array: np.ndarray, crop: int, is_flow: bool) -> list[np.ndarray]:
     """Four corners and centre, then the same five mirrored (flow: dx channels negated)."""
     crops = corner_crops(array, crop)
     return crops + [flip_horizontal(c, is_flow) for c in crops]
-
-
-def colour_jitter(rgb: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Add a random multiple of the RGB principal components (3×H×W RGB in [0, 1])."""
-    return rgb + jitter_shift(sigma, rng)[:, None, None]
 
 
 @dataclass(frozen=True)
