@@ -140,6 +140,29 @@ def read_and_build_us(source, entries, spec, count: int = 300, evict_paths=()) -
     return 1e6 * read / count, 1e6 * (time.perf_counter() - start) / count
 
 
+class _Constant(torch.utils.data.Dataset):
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, samples: int):
+        self.tensor, self.samples = torch.zeros(shape, dtype=dtype), samples
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.tensor.clone()
+
+
+def transfer_rate(shape: tuple[int, ...], dtype: torch.dtype, workers: int, samples: int = 2048) -> float:
+    """Inputs/s a DataLoader delivers when building an input costs nothing: the worker → training
+    process transfer alone (shared memory), for float32 inputs against packed uint8 ones."""
+    loader = torch.utils.data.DataLoader(_Constant(shape, dtype, samples), batch_size=32, num_workers=workers)
+    for _ in loader:
+        pass
+    start = time.perf_counter()
+    for _ in loader:
+        pass
+    return samples / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, default=Path(os.environ.get("TWOSTREAM_DATA", REPO / "data"))
@@ -158,6 +181,15 @@ def main() -> None:
             raise SystemExit("--drop-caches needs root (it writes /proc/sys/vm/drop_caches)")
         global DROP_ALL
         DROP_ALL = args.cold = True
+    if not args.cold:
+        print("# transfer alone: inputs/s through a DataLoader whose inputs cost nothing to build")
+        print("| input | DataLoader workers | float32 inputs/s | uint8 inputs/s |")
+        print("|---|---|---|---|")
+        for workers in (int(w) for w in args.workers.split(",")):
+            shape = (20, args.crop, args.crop)
+            print(f"| temporal L=10, {args.crop}² | {workers} | {transfer_rate(shape, torch.float32, workers):.0f} | "
+                  f"{transfer_rate(shape, torch.uint8, workers):.0f} |", flush=True)
+        print()
     if not args.store.is_dir():
         raise SystemExit(f"{args.store}: no store; make one with `make data flow` (the built-in dataset)")
     store = FlowStore(args.store)

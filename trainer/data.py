@@ -199,8 +199,9 @@ class PackedInput(NamedTuple):
     """Inputs still as 8-bit levels: the float input is ``levels · scale + offset`` per channel.
 
     A DataLoader worker hands these to the training process instead of float32 inputs: 4× fewer bytes
-    through shared memory (the limit for temporal inputs: ~1,100 float32 112×112×20 inputs/s per worker
-    on the development machine, ~3,700 as levels) and to the GPU; :func:`as_input` expands them there.
+    through shared memory (the transfer alone caps float32 112×112×20 inputs at ~1,100/s per worker on
+    the development machine, uint8 ones at ~3,600/s: bench/loader.py, bench/RESULTS.md) and to the GPU;
+    :func:`as_input` expands them there.
     Shapes: levels uint8 [N×]C×H×W, scale and offset float32 [N×]C.
     """
 

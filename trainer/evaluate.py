@@ -42,14 +42,9 @@ def frame_positions(lo: int, hi: int, count: int = TEST_FRAMES) -> list[int]:
     return [int(round(v)) for v in np.linspace(lo, hi, count)]
 
 
-def frame_inputs(spec: InputSpec, store, entry: VideoEntry, tau: int) -> torch.Tensor:
-    """The 10 normalised test inputs of frame τ: 10×C×crop×crop."""
-    return spec.test_crops(store, entry, tau)
-
-
 def protocol_inputs(spec: InputSpec, store, entry: VideoEntry, frames: int = TEST_FRAMES) -> torch.Tensor:
     """All frames × 10 normalised inputs of one video: (frames·10)×C×crop×crop."""
-    return torch.cat([frame_inputs(spec, store, entry, tau) for tau in frame_positions(*spec.tau_range(entry), frames)])
+    return torch.cat([spec.test_crops(store, entry, tau) for tau in frame_positions(*spec.tau_range(entry), frames)])
 
 
 @dataclass
@@ -100,12 +95,10 @@ class _FrameCrops(torch.utils.data.Dataset):
 
 def _concat(batch: list[tuple[torch.Tensor | PackedInput, int]]) -> tuple[torch.Tensor | PackedInput, torch.Tensor]:
     crops = [x for x, _ in batch]
-    if isinstance(crops[0], PackedInput):
-        inputs = PackedInput(*(torch.cat(parts) for parts in zip(*crops, strict=True)))
-    else:
-        inputs = torch.cat(crops)
-    owners = torch.tensor([v for x, v in batch for _ in range(len(x.levels) if isinstance(x, PackedInput) else len(x))])
-    return inputs, owners
+    packed = isinstance(crops[0], PackedInput)
+    inputs = PackedInput(*(torch.cat(parts) for parts in zip(*crops, strict=True))) if packed else torch.cat(crops)
+    sizes = torch.tensor([len(x.levels) if packed else len(x) for x in crops])
+    return inputs, torch.repeat_interleave(torch.tensor([v for _, v in batch]), sizes)
 
 
 @torch.no_grad()
