@@ -26,7 +26,7 @@ import torch
 
 from flowprep.codec import HEADER
 from flowprep.store import FlowStore, close_env
-from trainer.data import InputSpec, PackedInput, VideoEntry, as_input
+from trainer.inputs import InputSpec, PackedInput, VideoEntry, as_input
 
 REPO = Path(__file__).resolve().parents[1]
 

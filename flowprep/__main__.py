@@ -1,3 +1,11 @@
-from flowprep.cli import main
+"""`python -m flowprep` and the `flowprep` command (see :mod:`flowprep.entry`)."""
 
-main()
+from flowprep.entry import run_quietly
+
+
+def run() -> None:
+    run_quietly("flowprep.cli")
+
+
+if __name__ == "__main__":
+    run()

@@ -6,8 +6,10 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from flowprep.checksum import checksum_problem, parse_checksums
 from flowprep.codec import RecordError, decode_flow_components, decode_rgb
-from flowprep.store import KINDS, FlowStore, split_key
+from flowprep.settings import video_mismatches
+from flowprep.store import KINDS, SETTINGS_FILE, FlowStore, StoreError, split_key
 
 
 @dataclass
@@ -23,6 +25,7 @@ class StoreSummary:
     shards: int = 0
     algorithms: Counter = field(default_factory=Counter)
     failures: dict = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # shards or metadata that cannot be read
 
     @property
     def compression_ratio(self) -> float:
@@ -30,10 +33,30 @@ class StoreSummary:
         return self.float32_flow_bytes / self.flow_bytes if self.flow_bytes else 0.0
 
 
+def _readable_metas(store: FlowStore, problems: list[str]) -> list[dict]:
+    """Every video's metadata that can be read; what cannot goes into ``problems`` (shard and video)."""
+    metas = []
+    store.videos()
+    problems += store.unreadable.values()
+    for shard in store.empty_shards:
+        problems.append(f"{shard}: no video was ever committed to this shard (a run killed during its first "
+                        "commit?); run the same extract again")
+    for i in store.shard_indices():
+        try:
+            for key, value in store.iter_meta_raw(i):
+                try:
+                    metas.append(store.parse_meta(i, key, value))
+                except StoreError as exc:
+                    problems.append(str(exc))
+        except StoreError as exc:
+            problems.append(str(exc))
+    return metas
+
+
 def summarize(store: FlowStore) -> StoreSummary:
     s = StoreSummary(shards=len(store.shards), failures=store.failures())
     s.disk_bytes = sum(f.stat().st_size for shard in store.shards for f in shard.iterdir() if f.is_file())
-    for meta in store.iter_meta():
+    for meta in _readable_metas(store, s.problems):
         fields = meta["num_flows"] + meta["num_backward"]
         s.videos += 1
         s.frames += meta["num_frames"]
@@ -51,61 +74,118 @@ def _expected_counts(meta: dict) -> dict[str, int]:
     return {"rgb": meta["num_frames"], "flow": meta["num_flows"], "back": meta["num_backward"]}
 
 
-def verify(store: FlowStore, decode: bool = True,
-           on_record: Callable[[int], None] | None = None) -> list[str]:
-    """Problems found in the store, one line each (empty list: the store is sound).
+@dataclass
+class Verification:
+    problems: list[str] = field(default_factory=list)  # each makes the store unsound (exit status 1)
+    notes: list[str] = field(default_factory=list)  # worth knowing, not a fault
+
+
+def verify(store: FlowStore, decode: bool = True, on_record: Callable[[int], None] | None = None) -> Verification:
+    """Problems found in the store, one line each (none: the store is sound), and notes.
 
     Checks, for every video: N RGB frames and N−1 flow fields (and N−1 backward fields when stored)
-    as its metadata says, numbered 0..n−1 without gaps; every record decodes (``decode``) to the
-    frame size in the metadata; no record belongs to a video without metadata.
+    as its metadata says, numbered 0..n−1 without gaps; every record's CRC-32 against its metadata;
+    every record decodes (``decode``) to the frame size in the metadata; the metadata agrees with
+    ``flowprep.json``; no record belongs to a video without metadata. Shards or metadata that cannot
+    be read are problems naming shard and video, and the check goes on with the rest.
     """
-    problems: list[str] = []
-    for shard_index, shard in enumerate(store.shards):
+    result = Verification()
+    problems = result.problems
+    metas = _readable_metas(store, problems)
+    _check_settings(store, metas, result)
+    unchecked = sorted(m["video"] for m in metas if "crc32" not in m)
+    if unchecked:
+        result.notes.append(f"{len(unchecked)} of {len(metas)} videos have no checksums (stored before "
+                            f"flowprep kept them, e.g. {unchecked[0]}): damage to their bytes cannot be detected")
+    for shard_index in store.shard_indices():
+        shard = store.shards[shard_index]
         seen: dict[str, dict[str, list[int]]] = defaultdict(lambda: {k: [] for k in KINDS})
-        metas = {m["video"]: m for m in store.iter_meta(shard_index)}
-        for key, value in store.iter_records(shard_index):
-            try:
-                video, kind, t = split_key(key)
-            except ValueError:
-                kind = None
-            if kind not in KINDS:
-                problems.append(f"{shard.name}: unknown record key {key!r}")
-                continue
-            seen[video][kind].append(t)
-            meta = metas.get(video)
-            if decode and meta is not None:
-                try:
-                    if kind == "rgb":
-                        shape = decode_rgb(value).shape[:2]
-                    else:
-                        shape = decode_flow_components(value)[0].shape
-                except RecordError as exc:
-                    problems.append(f"{video}: {kind} record {t} does not decode: {exc}")
-                else:
-                    if shape != (meta["height"], meta["width"]):
-                        problems.append(f"{video}: {kind} record {t} is {shape[1]}x{shape[0]}, "
-                                        f"metadata says {meta['width']}x{meta['height']}")
-            if on_record is not None:
-                on_record(1)
-        for video in sorted(set(seen) - set(metas)):
+        shard_videos = set(store.videos_of_shard(shard_index))
+        shard_metas = {m["video"]: m for m in metas if m.get("video") in shard_videos}
+        checksums = {v: parse_checksums(m) for v, m in shard_metas.items()}
+        last_key = None
+        try:
+            for key, value in store.iter_records(shard_index):
+                last_key = key
+                _check_record(key, value, shard, shard_metas, checksums, seen, decode, problems)
+                if on_record is not None:
+                    on_record(1)
+        except StoreError as exc:
+            after = f" (after record {last_key.decode(errors='replace')})" if last_key else ""
+            problems.append(f"{exc}{after}")
+            continue
+        for video in sorted(set(seen) - shard_videos):
             counts = ", ".join(f"{len(v)} {k}" for k, v in seen[video].items() if v)
             problems.append(f"{video}: {counts} records but no metadata (half-written video)")
-        for video, meta in sorted(metas.items()):
-            if meta["num_flows"] != meta["num_frames"] - 1:
-                problems.append(f"{video}: metadata says {meta['num_frames']} frames but "
-                                f"{meta['num_flows']} flow fields (expected {meta['num_frames'] - 1})")
-            for kind, expected in _expected_counts(meta).items():
-                have = sorted(seen[video][kind])
-                if have != list(range(expected)):
-                    missing = sorted(set(range(expected)) - set(have))
-                    extra = sorted(set(have) - set(range(expected)))
-                    detail = []
-                    if missing:
-                        detail.append(f"missing {kind} {_ranges(missing)}")
-                    if extra:
-                        detail.append(f"unexpected {kind} {_ranges(extra)}")
-                    problems.append(f"{video}: {len(have)} {kind} records, metadata says {expected}"
-                                    + (f" ({'; '.join(detail)})" if detail else ""))
+        for video, meta in sorted(shard_metas.items()):
+            problems += _count_problems(video, meta, seen[video])
+    return result
+
+
+def _check_settings(store: FlowStore, metas: list[dict], result: Verification) -> None:
+    try:
+        settings = store.settings()
+    except StoreError as exc:
+        result.problems.append(str(exc))
+        return
+    if not settings:
+        if metas:
+            result.problems.append(f"{store.root / SETTINGS_FILE} is missing: the store's settings are not "
+                                   "recorded (the next `flowprep extract` into it rebuilds the file from the "
+                                   "videos' metadata)")
+        return
+    for meta in metas:
+        mismatches = video_mismatches(meta, settings)
+        if mismatches:
+            result.problems.append(f"{meta.get('video')}: extracted with {', '.join(mismatches)} "
+                                   f"(values in parentheses: {SETTINGS_FILE})")
+
+
+def _check_record(key: bytes, value: memoryview, shard, metas: dict, checksums: dict, seen: dict,
+                  decode: bool, problems: list[str]) -> None:
+    try:
+        video, kind, t = split_key(key)
+    except ValueError:
+        kind = None
+    if kind not in KINDS:
+        problems.append(f"{shard.name}: unknown record key {key!r}")
+        return
+    seen[video][kind].append(t)
+    meta = metas.get(video)
+    if meta is None:
+        return
+    problem = checksum_problem(checksums.get(video), kind, t, value)
+    if problem:
+        problems.append(f"{video}: {kind} record {t}: {problem}")
+        return
+    if decode:
+        try:
+            shape = decode_rgb(value).shape[:2] if kind == "rgb" else decode_flow_components(value)[0].shape
+        except RecordError as exc:
+            problems.append(f"{video}: {kind} record {t} does not decode: {exc}")
+            return
+        if shape != (meta["height"], meta["width"]):
+            problems.append(f"{video}: {kind} record {t} is {shape[1]}x{shape[0]}, "
+                            f"metadata says {meta['width']}x{meta['height']}")
+
+
+def _count_problems(video: str, meta: dict, seen: dict[str, list[int]]) -> list[str]:
+    problems = []
+    if meta["num_flows"] != meta["num_frames"] - 1:
+        problems.append(f"{video}: metadata says {meta['num_frames']} frames but "
+                        f"{meta['num_flows']} flow fields (expected {meta['num_frames'] - 1})")
+    for kind, expected in _expected_counts(meta).items():
+        have = sorted(seen[kind])
+        if have != list(range(expected)):
+            missing = sorted(set(range(expected)) - set(have))
+            extra = sorted(set(have) - set(range(expected)))
+            detail = []
+            if missing:
+                detail.append(f"missing {kind} {_ranges(missing)}")
+            if extra:
+                detail.append(f"unexpected {kind} {_ranges(extra)}")
+            problems.append(f"{video}: {len(have)} {kind} records, metadata says {expected}"
+                            + (f" ({'; '.join(detail)})" if detail else ""))
     return problems
 
 

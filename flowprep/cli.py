@@ -69,10 +69,13 @@ def _params(ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
         key, sep, value = item.partition("=")
         if not sep:
             raise click.BadParameter(f"{item!r}: use KEY=VALUE, e.g. alpha=3")
-        try:
-            out[key.strip()] = float(value) if re.fullmatch(r"[-+0-9.eE]+", value) else value
-        except ValueError:
-            out[key.strip()] = value
+        value = value.strip()
+        for parse in (int, float, str):
+            try:
+                out[key.strip()] = parse(value)
+                break
+            except ValueError:
+                continue
     return out
 
 
@@ -214,6 +217,8 @@ def extract(source: Path, out: Path | None, data_root: Path | None, algo: str, b
                                  compute=Compute(device, max_batch))
         except (SourceError, StoreError, FlowError, ValueError) as exc:
             _fail(str(exc))
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
     rate = report.pairs / report.seconds if report.seconds else 0.0
     click.echo(f"stored {report.stored} videos ({report.pairs} flow pairs, {_human(report.bytes)}) in "
                f"{report.seconds:.1f} s, {rate:.1f} pairs/s; skipped {report.skipped} already complete; "
@@ -232,9 +237,12 @@ def extract(source: Path, out: Path | None, data_root: Path | None, algo: str, b
         sys.exit(1)
 
 
-def _open(out: Path) -> FlowStore:
+def _open(out: Path, strict: bool = True) -> FlowStore:
+    """The store at OUT; ``strict=False`` (info, verify): damaged shards are reported, not fatal."""
     try:
-        return FlowStore(out)
+        store = FlowStore(out, strict=strict)
+        store.videos()
+        return store
     except StoreError as exc:
         _fail(str(exc))
 
@@ -243,9 +251,13 @@ def _open(out: Path) -> FlowStore:
 @click.argument("out", type=click.Path(path_type=Path))
 def info(out: Path) -> None:
     """Videos, frames, bytes, compression ratio, algorithms and failures of the store OUT."""
-    store = _open(out)
+    store = _open(out, strict=False)
     s = summarize(store)
-    settings = store.settings()
+    try:
+        settings = store.settings()
+    except StoreError as exc:
+        s.problems.append(str(exc))
+        settings = {}
     click.echo(f"store       {out} ({s.shards} shard(s), {_human(s.disk_bytes)} on disk)")
     click.echo(f"videos      {s.videos}")
     click.echo(f"frames      {s.frames} RGB JPEGs, {_human(s.rgb_bytes)}")
@@ -263,23 +275,32 @@ def info(out: Path) -> None:
     click.echo(f"failures    {len(s.failures)}")
     for _, failure in sorted(s.failures.items()):
         click.echo(f"  {failure['path']}: {failure['reason']}")
+    if s.problems:
+        click.echo(f"damage      {len(s.problems)} problem(s) reading the store (`flowprep verify {out}` checks all):")
+        for problem in s.problems:
+            click.echo(f"  {problem}")
+        sys.exit(1)
 
 
 @main.command(name="verify")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--no-decode", is_flag=True, help="Only check keys and counts, do not decode every JPEG.")
 def verify_command(out: Path, no_decode: bool) -> None:
-    """Check every video of OUT: all records present and numbered as the metadata says, and (unless
-    --no-decode) every JPEG decodes to the stored frame size. Exit status 1 on any problem."""
-    store = _open(out)
+    """Check every video of OUT: all records present and numbered as the metadata says, each record's
+    CRC-32, the metadata against flowprep.json, and (unless --no-decode) every JPEG decodes to the
+    stored frame size. Damaged shards or metadata are reported, and the check goes on. Exit status 1
+    on any problem."""
+    store = _open(out, strict=False)
     with click.progressbar(length=store.num_records(), label="records", file=sys.stderr,
                            show_pos=True) as bar:
-        problems = verify(store, decode=not no_decode, on_record=bar.update)
+        result = verify(store, decode=not no_decode, on_record=bar.update)
     videos = len(store)
-    if problems:
-        for problem in problems:
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    if result.problems:
+        for problem in result.problems:
             click.echo(f"problem: {problem}")
-        click.echo(f"{len(problems)} problem(s) in {out} ({videos} videos)")
+        click.echo(f"{len(result.problems)} problem(s) in {out} ({videos} videos)")
         sys.exit(1)
     click.echo(f"ok: {videos} videos, {store.num_records()} records in {out}")
 
@@ -301,7 +322,7 @@ def show(out: Path, video: str, t: int, output: Path | None) -> None:
         video = matches[0]
     try:
         picture = figure(store, video, t)
-    except IndexError as exc:
+    except (IndexError, StoreError) as exc:
         _fail(str(exc))
     output = output or Path(f"{video.rsplit('/', 1)[-1]}-t{t}.png")
     output.parent.mkdir(parents=True, exist_ok=True)

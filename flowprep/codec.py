@@ -108,7 +108,7 @@ def level_values(a: float, b: float) -> np.ndarray:
 def flow_levels(record: bytes | memoryview) -> tuple[np.ndarray, np.ndarray, tuple[float, float], tuple[float, float]]:
     """dx and dy as decoded grey levels (uint8 H×W each) and, per component, (a, b) with pixels = a·level + b.
 
-    For callers that crop or rescale before converting to float (trainer/data.py): they convert only the
+    For callers that crop or rescale before converting to float (trainer/inputs.py): they convert only the
     pixels they keep. In the fixed mode the levels are clamped to [1, 255] (JPEG can return 0), so the
     affine map alone gives the clipped value, and the mean of a field is a·mean(levels) + b.
     """

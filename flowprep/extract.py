@@ -7,14 +7,15 @@ only whole videos behind and the same command resumes where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
-import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,14 +25,13 @@ import numpy as np
 from joblib import Parallel, delayed
 
 from flowprep import __version__
-from flowprep.codec import encode_flow, encode_rgb, parse_bound
-from flowprep.flow import ALGORITHMS, create_flow, has_opencv_cuda_brox, torch_cuda_devices
+from flowprep.codec import encode_flow, encode_rgb
+from flowprep.flow import check_params, create_flow, has_opencv_cuda_brox, torch_cuda_devices, try_params
+from flowprep.settings import ExtractSettings, check_settings
 from flowprep.store import (
     FAILURES_FILE,
     MAX_KEY_BYTES,
-    SETTINGS_FILE,
     ShardWriter,
-    StoreError,
     read_failures,
     record_key,
     write_json_atomic,
@@ -43,37 +43,6 @@ LIST_EXTENSIONS = (".txt", ".lst", ".list")
 
 class SourceError(Exception):
     """SOURCE cannot be turned into a list of videos; the message says which path and why."""
-
-
-@dataclass(frozen=True)
-class ExtractSettings:
-    """What every video of one store is extracted with (kept in ``OUT/flowprep.json``).
-
-    ``bound``: pixels (flow clipped to ±bound) or "adaptive" (per-field min/max); ``quality`` and
-    ``rgb_quality``: JPEG quality 1-100; ``short_side``: pixels of the frames' smaller side after
-    rescaling (0 keeps the original size).
-    """
-
-    algo: str = "brox"
-    bound: float | str = 20.0
-    quality: int = 90
-    rgb_quality: int = 90
-    short_side: int = 256
-    bidirectional: bool = False
-    flow_params: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.algo not in ALGORITHMS:
-            raise ValueError(f"--algo must be one of {', '.join(ALGORITHMS)}, got {self.algo!r}")
-        object.__setattr__(self, "bound", parse_bound(self.bound))
-        for name in ("quality", "rgb_quality"):
-            if not 1 <= int(getattr(self, name)) <= 100:
-                raise ValueError(f"{name} must be in 1..100, got {getattr(self, name)}")
-        if self.short_side < 0:
-            raise ValueError(f"short_side must be >= 0 pixels, got {self.short_side}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -106,6 +75,7 @@ class ExtractReport:
     bytes: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    notes: list[str] = field(default_factory=list)
 
 
 def _video_id(path: Path, root: Path) -> str:
@@ -254,8 +224,34 @@ def _claim_gpu(count: int, run_dir: str) -> int:
     return _PROCESS_SETUP["gpu"]
 
 
+def _exit_with(parent: int) -> None:
+    """Exit this worker process soon after ``parent`` (the run's writer) dies: a kill -9 of the writer
+    must not leave workers of hundreds of MB blocked on a pipe for good."""
+    if _PROCESS_SETUP.get("watch") or os.getpid() == parent:
+        return
+    _PROCESS_SETUP["watch"] = True
+    direct = os.getppid() == parent
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if direct and os.getppid() != parent:
+                os._exit(1)
+            if not direct:
+                try:
+                    os.kill(parent, 0)
+                except ProcessLookupError:
+                    os._exit(1)
+                except PermissionError:
+                    pass
+
+    threading.Thread(target=watch, name="flowprep-exit-with-parent", daemon=True).start()
+
+
 def _work(source: VideoSource, settings: ExtractSettings, single_thread: bool,
-          gpus: int, run_dir: str, compute: Compute = Compute()) -> ExtractedVideo | Failure:
+          gpus: int, run_dir: str, compute: Compute = Compute(), parent: int | None = None) -> ExtractedVideo | Failure:
+    if parent is not None:
+        _exit_with(parent)
     if single_thread and not _PROCESS_SETUP.get("threads"):
         cv2.setNumThreads(1)  # several single-threaded processes beat threads; set once per process
         _PROCESS_SETUP["threads"] = True
@@ -268,22 +264,6 @@ def _work(source: VideoSource, settings: ExtractSettings, single_thread: bool,
         return Failure(source.video, source.path, f"{type(exc).__name__}: {exc}")
 
 
-def check_settings(out: Path, settings: ExtractSettings) -> None:
-    """Refuse to mix settings in one store; write them on the first run."""
-    path = out / SETTINGS_FILE
-    wanted = settings.to_dict()
-    if path.exists():
-        have = {**ExtractSettings().to_dict(), **json.loads(path.read_text())}
-        have["bound"] = parse_bound(have["bound"])
-        diff = [f"{k}={have[k]!r} (this run: {wanted[k]!r})" for k in wanted if have.get(k) != wanted[k]]
-        if diff:
-            raise StoreError(f"{out} was extracted with other settings: {', '.join(diff)}; "
-                             "use the same flags or another output folder")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, wanted)
-
-
 ProgressCallback = Callable[[int, ExtractReport], None]
 
 
@@ -293,7 +273,7 @@ def _results(todo: list[VideoSource], settings: ExtractSettings, workers: int, g
     if scheduler is None:
         n_jobs = gpus if gpus else min(workers, max(1, len(todo)))
         yield from Parallel(n_jobs=n_jobs, return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs")(
-            delayed(_work)(s, settings, n_jobs > 1, gpus, run_dir, compute) for s in todo)
+            delayed(_work)(s, settings, n_jobs > 1, gpus, run_dir, compute, os.getpid()) for s in todo)
         return
     try:
         from distributed import Client
@@ -330,13 +310,19 @@ def run_extract(source: str | os.PathLike, out: str | os.PathLike, settings: Ext
         raise ValueError("--workers must be >= 1 and --gpus >= 0")
     if gpus and scheduler:
         raise ValueError("--gpus and --scheduler cannot be combined")
-    check_settings(out, settings)
     if compute.device == "auto" and settings.algo == "brox":  # decide once, not in every worker
         gpu_there = has_opencv_cuda_brox() or torch_cuda_devices() > 0
         compute = Compute("cuda" if gpu_there else "cpu", compute.max_batch)
+    params = check_params(settings.algo, settings.flow_params, compute.device)
+    try_params(settings.algo, params, compute.device)
+    settings = dataclasses.replace(settings, flow_params=params)
     report = ExtractReport(total=len(sources))
     start = time.perf_counter()
-    with ShardWriter(out, shard_bytes=shard_bytes) as writer:
+    # the lock first: the settings are read, rebuilt or written only by the store's one writer
+    with ShardWriter(out, shard_bytes=shard_bytes, what="flowprep extract") as writer:
+        note = check_settings(out, settings, writer.metas())
+        if note:
+            report.notes.append(note)
         failures = read_failures(out)
         todo = [s for s in sources if s.video not in writer.complete]
         report.skipped = len(sources) - len(todo)

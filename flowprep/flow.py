@@ -327,3 +327,103 @@ def read_flo(path: str) -> np.ndarray:
     if data.size != w * h * 2:
         raise ValueError(f"{path}: truncated .flo file")
     return data.reshape(h, w, 2)
+
+
+IMPLEMENTATIONS = ("cpu-pyramid-variational-refinement", "torch-brox", "opencv-cuda-brox", "opencv-dual-tvl1",
+                   "opencv-farneback", "opencv-dis")
+
+
+def implementation_defaults(implementation: str) -> dict:
+    """The parameters (with their defaults) of one implementation, as recorded in a video's metadata."""
+    if implementation == "torch-brox":
+        from flowprep.brox_torch import BROX_TORCH_DEFAULTS
+
+        return dict(BROX_TORCH_DEFAULTS)
+    tables = {"cpu-pyramid-variational-refinement": BROX_CPU_DEFAULTS, "opencv-cuda-brox": BROX_CUDA_DEFAULTS,
+              "opencv-dual-tvl1": TVL1_DEFAULTS, "opencv-farneback": FARNEBACK_DEFAULTS,
+              "opencv-dis": {"preset": "medium"}}
+    if implementation not in tables:
+        raise ValueError(f"unknown flow implementation {implementation!r}")
+    return dict(tables[implementation])
+
+
+def resolve_implementation(algo: str, device: str = "auto") -> str:
+    """The implementation :func:`create_flow` runs for ``algo`` on ``device`` on this machine."""
+    if algo != "brox":
+        return {"tvl1": "opencv-dual-tvl1", "farneback": "opencv-farneback", "dis": "opencv-dis"}[algo]
+    if device == "cpu":
+        return "cpu-pyramid-variational-refinement"
+    if device == "torch-cpu":
+        return "torch-brox"
+    if has_opencv_cuda_brox():
+        return "opencv-cuda-brox"
+    if torch_cuda_devices() or device == "cuda":
+        return "torch-brox"
+    return "cpu-pyramid-variational-refinement"
+
+
+_POSITIVE = (1e-12, float("inf"))
+_COUNT = (1, 10_000)
+# Allowed values of each numeric parameter (inclusive). Some out-of-range values do not raise in
+# OpenCV but crash the process (farneback winsize < 0: "double free"), so they are refused first.
+PARAM_RANGES = {
+    "alpha": _POSITIVE, "gamma": (0, float("inf")), "delta": (0, float("inf")), "scale": (0.3, 0.99),
+    "min_side": (4, 4096), "sigma": (0, 10), "outer_iterations": _COUNT, "inner_iterations": _COUNT,
+    "omega": (0.01, 1.99), "epsilon": _POSITIVE, "zeta": (0, float("inf")), "scale_factor": (0.3, 0.99),
+    "solver_iterations": _COUNT, "tau": _POSITIVE, "lambda": _POSITIVE, "theta": _POSITIVE, "scales": (1, 20),
+    "warps": _COUNT, "scale_step": (0.1, 0.99), "pyr_scale": (0.1, 0.99), "levels": (0, 20), "winsize": (3, 255),
+    "iterations": _COUNT, "poly_n": (5, 7), "poly_sigma": (0.1, 10),
+}
+
+
+def _coerce(key: str, value: object, default: object) -> object:
+    """``value`` as the type of the parameter's default (ints stay ints; "3" from a flag becomes 3)."""
+    if isinstance(default, str):
+        return str(value)
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"--param {key}={value!r}: not a number") from None
+    if not np.isfinite(number):
+        raise ValueError(f"--param {key}={value!r}: not a finite number")
+    lo, hi = PARAM_RANGES.get(key, (-float("inf"), float("inf")))
+    if not lo <= number <= hi:
+        shown = "> 0" if (lo, hi) == _POSITIVE else f">= {lo:g}" if hi == float("inf") else f"in {lo:g}..{hi:g}"
+        raise ValueError(f"--param {key}={value!r}: must be {shown}")
+    if isinstance(default, int):
+        if not number.is_integer():
+            raise ValueError(f"--param {key}={value!r}: must be a whole number")
+        return int(number)
+    return number
+
+
+def check_params(algo: str, params: dict, device: str = "auto") -> dict:
+    """``params`` checked against the parameters of the implementation that will run, with their
+    defaults' types; an unknown key is refused in one line listing the implementation's keys."""
+    implementation = resolve_implementation(algo, device)
+    defaults = implementation_defaults(implementation)
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise ValueError(f"--param {unknown[0]}: not a parameter of {algo} ({implementation}); "
+                         f"its parameters are {', '.join(defaults)}")
+    return {key: _coerce(key, value, defaults[key]) for key, value in params.items()}
+
+
+def try_params(algo: str, params: dict, device: str = "auto") -> None:
+    """Build the method and run it on one small pair, so that a parameter value it cannot work with is
+    refused once, before any video (skipped where it would run on a GPU: workers claim those).
+    ``params`` must have passed :func:`check_params` (its ranges keep OpenCV from crashing)."""
+    implementation = resolve_implementation(algo, device)
+    if implementation == "opencv-cuda-brox" or (implementation == "torch-brox" and device != "torch-cpu"):
+        return
+    rng = np.random.default_rng(0)
+    a = cv2.GaussianBlur(rng.integers(0, 256, (48, 64), dtype=np.uint8), (0, 0), 2)
+    b = np.roll(a, 1, axis=1)
+    try:
+        method = create_flow(algo, params, device="torch-cpu" if implementation == "torch-brox" else
+                             "cpu" if algo == "brox" else "auto")
+        method(a, b)
+    except (ValueError, cv2.error, RuntimeError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise ValueError(f"{algo} ({implementation}) does not run with --param "
+                         f"{', '.join(f'{k}={v}' for k, v in params.items())}: {lines[-1] if lines else exc}") from None

@@ -19,36 +19,45 @@ Each shard holds two named databases:
 A clip of N frames has N RGB frames and N − 1 flow fields. Every record of a video and then its
 metadata are written in one transaction: a video is in the store completely or not at all, and a
 video id present in ``meta`` is a finished video.
+
+Checksums: a video's metadata holds the CRC-32 of each of its records, ``"crc32": {kind: hex}`` with
+the big-endian 32-bit checksums of records 0, 1, … of that kind one after the other (8 hex digits a
+record), so the record bytes stay exactly what was encoded. Reading a record checks it; a mismatch
+is a :class:`CorruptRecordError` naming video and record. Stores written before checksums read as
+before, unchecked (``flowprep verify`` says so).
 """
 
 from __future__ import annotations
 
-import fcntl
+import errno
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import shutil
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import lmdb
 import numpy as np
 
-from flowprep.codec import decode_flow, decode_rgb
+from flowprep.checksum import checksum_problem, parse_checksums, record_checksums
+from flowprep.codec import RecordError, decode_flow, decode_rgb
+from flowprep.lock import FolderBusyError, FolderLock
+from flowprep.shard import (
+    SHARD_GLOB,
+    CorruptRecordError,
+    EmptyShardError,
+    StoreError,
+    close_env,
+    lmdb_errors,
+    no_space_message,
+    open_env,
+    shard_name,
+)
 
-SHARD_GLOB = "shard-*.lmdb"
 SETTINGS_FILE = "flowprep.json"
 FAILURES_FILE = "failures.json"
 KINDS = ("rgb", "flow", "back")
 MAX_KEY_BYTES = 511
-_MAX_DBS = 4
-_INITIAL_MAP = 256 << 20
-
-
-class StoreError(Exception):
-    """A store folder that cannot be used; the message names the path and the problem."""
-
-
-def shard_name(index: int) -> str:
-    return f"shard-{index:05d}.lmdb"
 
 
 def record_key(video: str, kind: str, t: int) -> bytes:
@@ -63,85 +72,50 @@ def split_key(key: bytes) -> tuple[str, str, int]:
 
 
 def write_json_atomic(path: Path, obj: object) -> None:
-    """Write JSON to a temporary file, then rename it over ``path`` (readers never see half a file)."""
+    """Write JSON to a temporary file, then rename it over ``path`` (readers never see half a file).
+    A failed write leaves no temporary file behind and raises StoreError naming the file."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-# lmdb refuses to open one environment twice in a process, and a handle must not be used across
-# fork(): every shard is opened through this per-process cache, which reopens after a fork and
-# swaps a read-only handle for a writable one when a writer asks.
-_ENVS: dict[str, tuple[int, str, lmdb.Environment, dict[bytes, object]]] = {}  # pid, mode, env, dbs
-_REAL_PATHS: dict[str, str] = {}  # realpath() costs ~30 µs, once per record read without this
-
-
-def _open_env(path: Path, write: bool = False, readahead: bool = True) -> tuple[lmdb.Environment, dict[bytes, object]]:
-    """The process's handle of one shard. ``readahead`` (readers): let the kernel read around a page
-    fault. On for runs of consecutive records of one video (the L fields of a temporal input, stored
-    next to each other): one I/O instead of a 4 KB fault per page, half the cold read time of a
-    temporal input in bench/loader.py. Off for single records (an RGB frame), where reading around
-    fetches pages nobody asked for."""
-    key = _REAL_PATHS.get(str(path))
-    if key is None:
-        key = _REAL_PATHS[str(path)] = os.path.realpath(path)
-    mode = "write" if write else "readahead" if readahead else "random"
-    cached = _ENVS.get(key)
-    if cached is not None:
-        pid, cached_mode, env, dbs = cached
-        if pid == os.getpid() and (cached_mode == mode or (cached_mode == "write" and not write)):
-            return env, dbs
-        env.close()
-        del _ENVS[key]
-    if write:
-        env = lmdb.open(key, map_size=_INITIAL_MAP, max_dbs=_MAX_DBS, subdir=True, readahead=False)
-        dbs = {name: env.open_db(name) for name in (b"meta", b"data")}
-    else:
-        if not os.path.isfile(os.path.join(key, "data.mdb")):
-            raise StoreError(f"{path}: not an LMDB shard (no data.mdb)")
-        try:
-            env = lmdb.open(key, readonly=True, lock=False, max_dbs=_MAX_DBS, subdir=True,
-                            readahead=readahead, meminit=False)
-            dbs = {name: env.open_db(name, create=False) for name in (b"meta", b"data")}
-        except lmdb.Error as exc:
-            raise StoreError(f"{path}: cannot open LMDB shard: {exc}") from None
-    _ENVS[key] = (os.getpid(), mode, env, dbs)
-    return env, dbs
-
-
-def close_env(path: Path) -> None:
-    cached = _ENVS.pop(os.path.realpath(path), None)
-    if cached is not None:
-        cached[2].close()
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise StoreError(no_space_message(path) + "; free space and run the same command again") from None
+        raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 class ShardWriter:
     """The one writer of a store folder: appends whole videos to bounded LMDB shards.
 
-    Holds an exclusive lock on ``OUT/.lock`` so two extraction runs cannot write one store. A shard
-    is closed for new videos once it holds ``shard_bytes``; the LMDB map grows whenever a
-    transaction fills it, so no ``MapFullError`` reaches the caller.
+    Holds the store's lock (:class:`flowprep.lock.FolderLock` on ``OUT/.lock``) so two runs cannot write
+    one store. A shard is closed for new videos once it holds ``shard_bytes``; the LMDB map grows
+    whenever a transaction fills it, so no ``MapFullError`` reaches the caller. Each video's metadata
+    gets the CRC-32 of every record (see the module docstring).
     """
 
-    def __init__(self, root: str | os.PathLike, shard_bytes: int = 8 << 30):
+    def __init__(self, root: str | os.PathLike, shard_bytes: int = 8 << 30, what: str = "flowprep process"):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
         self.shard_bytes = int(shard_bytes)
-        self._lock = open(self.root / ".lock", "w")  # noqa: SIM115 - held for the writer's lifetime
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            raise StoreError(f"{self.root}: another flowprep process is writing to this folder") from None
-        shards = sorted(self.root.glob(SHARD_GLOB))
-        self._index = int(shards[-1].name[6:11]) if shards else 0
-        self.complete: set[str] = set()
-        for shard in shards:
-            env, dbs = _open_env(shard, write=True)
-            with env.begin(db=dbs[b"meta"]) as txn:
-                self.complete.update(k.decode() for k in txn.cursor().iternext(values=False))
-            if shard.name != shard_name(self._index):
-                close_env(shard)
+            self._lock = FolderLock(self.root, what)
+        except FolderBusyError as exc:
+            raise StoreError(str(exc)) from None
+        except OSError as exc:
+            raise StoreError(f"{self.root}: cannot create the store folder: {exc.strerror or exc}") from None
+        try:
+            shards = sorted(self.root.glob(SHARD_GLOB))
+            self._index = int(shards[-1].name[6:11]) if shards else 0
+            self.complete: set[str] = set()
+            for shard in shards:
+                env, dbs = open_env(shard, write=True)
+                with lmdb_errors(shard), env.begin(db=dbs[b"meta"]) as txn:
+                    self.complete.update(k.decode() for k in txn.cursor().iternext(values=False))
+                if shard.name != shard_name(self._index):
+                    close_env(shard)
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def shard_path(self) -> Path:
@@ -151,16 +125,17 @@ class ShardWriter:
         return (env.info()["last_pgno"] + 1) * env.stat()["psize"]
 
     def put_video(self, video: str, records: Sequence[tuple[bytes, bytes]], meta: dict) -> None:
-        """Commit all ``records`` of ``video`` and then its metadata in one transaction."""
+        """Commit all ``records`` of ``video`` and then its metadata (with the records' checksums) in one
+        transaction. A write that fails (a full disk) raises StoreError; nothing of the video is kept."""
         payload = sum(len(k) + len(v) for k, v in records)
-        env, dbs = _open_env(self.shard_path, write=True)
+        env, dbs = open_env(self.shard_path, write=True)
         with env.begin() as txn:
             holds_videos = txn.stat(dbs[b"meta"])["entries"] > 0
         if holds_videos and self._used_bytes(env) + payload > self.shard_bytes:
             close_env(self.shard_path)
             self._index += 1
-            env, dbs = _open_env(self.shard_path, write=True)
-        meta_value = json.dumps(meta, sort_keys=True).encode()
+            env, dbs = open_env(self.shard_path, write=True)
+        meta_value = json.dumps({**meta, "crc32": record_checksums(records)}, sort_keys=True).encode()
         while True:
             try:
                 with env.begin(write=True) as txn:
@@ -171,14 +146,36 @@ class ShardWriter:
             except lmdb.MapFullError:
                 grown = max(2 * env.info()["map_size"], self._used_bytes(env) + 2 * payload + (64 << 20))
                 env.set_mapsize(grown)
+            except lmdb.Error as exc:
+                close_env(self.shard_path)  # a failed commit can leave the handle unusable
+                self._raise_write_error(exc, payload)
         self.complete.add(video)
+
+    def metas(self) -> Iterator[dict]:
+        """Metadata of every stored video (for rebuilding a lost ``flowprep.json``)."""
+        for shard in sorted(self.root.glob(SHARD_GLOB)):
+            env, dbs = open_env(shard, write=True)
+            with lmdb_errors(shard), env.begin(db=dbs[b"meta"]) as txn:
+                for key, value in txn.cursor():
+                    try:
+                        yield json.loads(value)
+                    except ValueError:
+                        raise StoreError(f"{shard}: metadata of video {key.decode(errors='replace')!r} is "
+                                         f"damaged; run `flowprep verify {self.root}`") from None
+
+    def _raise_write_error(self, exc: lmdb.Error, payload: int) -> None:
+        stored = f"{len(self.complete)} videos are stored"
+        # LMDB reports a full disk as ENOSPC or, from its page writes, as EIO: look at the disk itself
+        if "No space" in str(exc) or shutil.disk_usage(self.root).free < payload + (16 << 20):
+            raise StoreError(f"{no_space_message(self.shard_path)}; {stored}, free space and run the same "
+                             "command again") from None
+        raise StoreError(f"{self.shard_path}: writing failed ({type(exc).__name__}: {exc}); {stored}, "
+                         "run the same command again to resume") from None
 
     def close(self) -> None:
         for shard in self.root.glob(SHARD_GLOB):
             close_env(shard)
-        if not self._lock.closed:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
+        self._lock.release()
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -195,32 +192,56 @@ class FlowStore:
     a fork. ``readahead=False`` for readers of single records (RGB frames) rather than runs of
     consecutive ones (flow stacks). Do not read a store while ``flowprep extract`` is still writing to it.
 
+    Every record read is checked against its video's CRC-32 (:class:`CorruptRecordError` names it);
+    a damaged shard or metadata entry is a :class:`StoreError` naming shard and video. A shard in which
+    no video was ever committed reads as empty (``empty_shards``).
+
     >>> store = FlowStore("out/ucf101")
     >>> video = store.videos()[0]
     >>> store.rgb(video, 0).shape, store.flow(video, 0).shape   # (H, W, 3) uint8, (H, W, 2) float32
     """
 
-    def __init__(self, root: str | os.PathLike, readahead: bool = True):
-        self.root, self.readahead = Path(root), readahead
+    def __init__(self, root: str | os.PathLike, readahead: bool = True, strict: bool = True):
+        self.root, self.readahead, self.strict = Path(root), readahead, strict
         if not self.root.is_dir():
             raise StoreError(f"{self.root}: no such folder")
         self.shards = sorted(self.root.glob(SHARD_GLOB))
-        if not self.shards:
+        if not self.shards and not (self.root / SETTINGS_FILE).exists():
             raise StoreError(f"{self.root}: no flowprep shards ({SHARD_GLOB}) in this folder")
         self._where: dict[str, int] | None = None
+        self.empty_shards: list[Path] = []
+        self.unreadable: dict[Path, str] = {}  # shard → why (only kept, not raised, with strict=False)
+        self._checksums: dict[str, dict[str, np.ndarray] | None] = {}
 
     def _env(self, shard: int) -> tuple[lmdb.Environment, dict[bytes, object]]:
-        return _open_env(self.shards[shard], readahead=self.readahead)
+        return open_env(self.shards[shard], readahead=self.readahead)
+
+    def shard_indices(self) -> list[int]:
+        """Indices of the shards that hold committed data (empty ones are skipped)."""
+        self._index()
+        skip = set(self.empty_shards) | set(self.unreadable)
+        return [i for i, shard in enumerate(self.shards) if shard not in skip]
 
     def _index(self) -> dict[str, int]:
         if self._where is None:
             where: dict[str, int] = {}
-            for i in range(len(self.shards)):
-                env, dbs = self._env(i)
-                with env.begin(db=dbs[b"meta"]) as txn:
-                    for key in txn.cursor().iternext(values=False):
-                        where[key.decode()] = i
-            self._where = where
+            empty, unreadable = [], {}
+            for i, shard in enumerate(self.shards):
+                try:
+                    env, dbs = self._env(i)
+                    with lmdb_errors(shard), env.begin(db=dbs[b"meta"]) as txn:
+                        keys = list(txn.cursor().iternext(values=False))
+                except EmptyShardError:
+                    empty.append(shard)
+                    continue
+                except StoreError as exc:
+                    if self.strict:
+                        raise
+                    unreadable[shard] = str(exc)
+                    continue
+                for key in keys:
+                    where[key.decode()] = i
+            self._where, self.empty_shards, self.unreadable = where, empty, unreadable
         return self._where
 
     def _shard_of(self, video: str) -> int:
@@ -228,6 +249,9 @@ class FlowStore:
             return self._index()[video]
         except KeyError:
             raise KeyError(f"video {video!r} is not in {self.root}") from None
+
+    def videos_of_shard(self, shard: int) -> list[str]:
+        return sorted(v for v, i in self._index().items() if i == shard)
 
     def videos(self) -> list[str]:
         """Ids of all complete videos, sorted."""
@@ -239,69 +263,105 @@ class FlowStore:
     def __contains__(self, video: object) -> bool:
         return video in self._index()
 
+    def parse_meta(self, shard: int, key: bytes, value: bytes | memoryview) -> dict:
+        try:
+            meta = json.loads(bytes(value))
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
+            return meta
+        except ValueError as exc:
+            raise StoreError(f"{self.shards[shard]}: metadata of video {key.decode(errors='replace')!r} is "
+                             f"damaged ({exc}); run `flowprep verify {self.root}`") from None
+
     def meta(self, video: str) -> dict:
-        env, dbs = self._env(self._shard_of(video))
-        with env.begin(db=dbs[b"meta"], buffers=True) as txn:
-            return json.loads(bytes(txn.get(video.encode())))
+        shard = self._shard_of(video)
+        env, dbs = self._env(shard)
+        with lmdb_errors(self.shards[shard], video), env.begin(db=dbs[b"meta"], buffers=True) as txn:
+            return self.parse_meta(shard, video.encode(), txn.get(video.encode()))
+
+    def iter_meta_raw(self, shard: int) -> Iterator[tuple[bytes, bytes]]:
+        """(video id, metadata JSON bytes) of every video of one shard, unparsed (for checks)."""
+        if self.shards[shard] in self.empty_shards or shard not in self.shard_indices():
+            return
+        env, dbs = self._env(shard)
+        with lmdb_errors(self.shards[shard]), env.begin(db=dbs[b"meta"]) as txn:
+            yield from txn.cursor()
 
     def iter_meta(self, shard: int | None = None) -> Iterator[dict]:
         """Metadata of every video (of one shard, or of all), in one pass without per-video look-ups."""
-        for i in range(len(self.shards)) if shard is None else [shard]:
-            env, dbs = self._env(i)
-            with env.begin(db=dbs[b"meta"]) as txn:
-                for value in txn.cursor().iternext(keys=False):
-                    yield json.loads(value)
+        for i in self.shard_indices() if shard is None else [shard]:
+            for key, value in self.iter_meta_raw(i):
+                yield self.parse_meta(i, key, value)
 
     def settings(self) -> dict:
         """The store-wide settings written by ``flowprep extract`` ({} if the file is missing)."""
         path = self.root / SETTINGS_FILE
-        return json.loads(path.read_text()) if path.exists() else {}
+        if not path.exists():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except ValueError as exc:
+            raise StoreError(f"{path}: damaged settings file ({exc})") from None
 
     def failures(self) -> dict[str, dict]:
         """Videos whose extraction failed, by id: {"path": ..., "reason": ...}."""
         return read_failures(self.root)
 
+    def checksums(self, video: str) -> dict[str, np.ndarray] | None:
+        """The video's record checksums by kind (None: stored without checksums); cached per process."""
+        if video not in self._checksums:
+            self._checksums[video] = parse_checksums(self.meta(video))
+        return self._checksums[video]
+
     def records(self, video: str, kind: str, ts: Iterable[int]) -> list[bytes]:
-        """Raw stored bytes of several records of one video, read in one transaction."""
+        """Raw stored bytes of several records of one video, read in one transaction and checked against
+        their checksums (CorruptRecordError names a damaged one)."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        env, dbs = self._env(self._shard_of(video))
+        shard = self._shard_of(video)
+        checksums = self.checksums(video)
+        env, dbs = self._env(shard)
         out = []
-        with env.begin(db=dbs[b"data"]) as txn:
+        with lmdb_errors(self.shards[shard], video), env.begin(db=dbs[b"data"]) as txn:
             for t in ts:
                 value = txn.get(record_key(video, kind, t))
                 if value is None:
                     raise IndexError(f"{video}: no {kind} record {t}")
+                problem = checksum_problem(checksums, kind, t, value)
+                if problem:
+                    raise CorruptRecordError(f"{video}: {kind} record {t} in {self.shards[shard]}: {problem}")
                 out.append(value)
         return out
 
     def rgb(self, video: str, t: int) -> np.ndarray:
         """Frame t (0-based) as RGB uint8 H×W×3."""
-        return decode_rgb(self.records(video, "rgb", [t])[0])
+        return decode_records(self, video, "rgb", [t], decode_rgb)[0]
 
     def flow(self, video: str, t: int, backward: bool = False) -> np.ndarray:
         """Flow field t as float32 H×W×2 pixels: forward from frame t to t+1, or (``backward``)
         from frame t+1 back to frame t."""
-        return decode_flow(self.records(video, "back" if backward else "flow", [t])[0])
+        return self.flows(video, [t], backward)[0]
 
     def flows(self, video: str, ts: Sequence[int], backward: bool = False) -> list[np.ndarray]:
         """Several flow fields of one video, read in one transaction (e.g. the L fields of a stack)."""
-        return [decode_flow(r) for r in self.records(video, "back" if backward else "flow", ts)]
+        return decode_records(self, video, "back" if backward else "flow", ts, decode_flow)
 
     def iter_records(self, shard: int) -> Iterator[tuple[bytes, memoryview]]:
         """(key, value) of every data record of one shard, in key order. A value is a view into the
         map, valid until the next item: copy it to keep it."""
+        if shard not in self.shard_indices():
+            return
         env, dbs = self._env(shard)
-        with env.begin(db=dbs[b"data"], buffers=True) as txn:
+        with lmdb_errors(self.shards[shard]), env.begin(db=dbs[b"data"], buffers=True) as txn:
             for key, value in txn.cursor():
                 yield bytes(key), value
 
     def num_records(self) -> int:
         """Number of data records (RGB frames and flow fields) in all shards."""
         total = 0
-        for i in range(len(self.shards)):
+        for i in self.shard_indices():
             env, dbs = self._env(i)
-            with env.begin() as txn:
+            with lmdb_errors(self.shards[i]), env.begin() as txn:
                 total += txn.stat(dbs[b"data"])["entries"]
         return total
 
@@ -310,8 +370,24 @@ class FlowStore:
             close_env(shard)
 
 
+def decode_records(store, video: str, kind: str, ts: Sequence[int], decode: Callable) -> list:
+    """Records t of ``kind`` of ``video`` read from ``store`` (a FlowStore or anything with its
+    ``records``) and decoded by ``decode``; a record that does not decode is a CorruptRecordError
+    naming it."""
+    out = []
+    for t, record in zip(ts, store.records(video, kind, ts), strict=True):
+        try:
+            out.append(decode(record))
+        except RecordError as exc:
+            raise CorruptRecordError(f"{video}: {kind} record {t} in {store.root} does not decode ({exc})") from None
+    return out
+
+
 def read_failures(root: str | os.PathLike) -> dict[str, dict]:
     path = Path(root) / FAILURES_FILE
     if not path.exists():
         return {}
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise StoreError(f"{path}: damaged failure list ({exc})") from None

@@ -92,6 +92,7 @@ class VideoReader:
         self.info = VideoInfo(self.path, width, height, fps, header_frames)
         self.size = scaled_size(width, height, short_side)
         self.frames_read = 0
+        self.last_ms = 0.0  # presentation time of the last decoded frame, milliseconds
         self._cap = cap
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -103,19 +104,32 @@ class VideoReader:
                 if frame.ndim == 2:
                     frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
                 self.frames_read += 1
+                self.last_ms = float(self._cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0)
                 yield resize_frame(frame, self.size)
         finally:
             self._cap.release()
 
+    def reached_end(self) -> bool:
+        """Whether the last decoded frame lies at the end of the stream's duration (within 2 frames or
+        2 %). Matroska/WebM hold no frame count: OpenCV announces duration × nominal fps, which a
+        variable-frame-rate clip never reaches, though its last frame is at the end."""
+        fps = self.info.fps
+        if fps <= 0 or self.last_ms <= 0:
+            return False
+        duration_ms = self.info.header_frames / fps * 1000.0
+        end_ms = self.last_ms + 1000.0 / fps
+        return duration_ms - end_ms <= max(2 * 1000.0 / fps, 0.02 * duration_ms)
+
     def check_complete(self) -> None:
-        """Raise VideoError if decoding ended early: no frame at all, or far fewer than announced.
+        """Raise VideoError if decoding ended early: no frame at all, or far fewer than announced and a
+        last frame well before the end of the stream's duration (a truncated download or copy).
 
         A shortfall of up to 2 frames or 2% is accepted: containers often count one frame too many.
         """
         if self.frames_read == 0:
             raise VideoError("no frame could be decoded")
         expected = self.info.header_frames
-        if expected and expected - self.frames_read > max(2, 0.02 * expected):
+        if expected and expected - self.frames_read > max(2, 0.02 * expected) and not self.reached_end():
             raise VideoError(
                 f"truncated or damaged: the container announces {expected} frames, "
                 f"only {self.frames_read} decode"

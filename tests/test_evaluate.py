@@ -13,9 +13,9 @@ from conftest import write_config
 
 from flowprep.store import FlowStore
 from trainer.config import load_config
-from trainer.data import InputSpec, VideoEntry, ten_crops
 from trainer.evaluate import Scores, frame_positions, fuse_svm, protocol_inputs
 from trainer.fit import fit
+from trainer.inputs import InputSpec, VideoEntry, ten_crops
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,7 +121,7 @@ def test_predict_every_real_clip(nets: dict[str, Path], shared_data: Path) -> No
         assert result.returncode == 0, result.stderr
         ranked = [line for line in result.stdout.splitlines() if line[:2] in ("1.", "2.", "3.", "4.")]
         assert len(ranked) == 4 and "fused" in ranked[0] and "temporal" in ranked[0]
-        assert "flow dis (opencv-dis)" in result.stdout
+        assert "flow dis (opencv-dis, the training data's parameters)" in result.stdout
 
 
 def test_predict_errors_are_one_line(nets: dict[str, Path], tmp_path: Path) -> None:

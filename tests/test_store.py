@@ -5,12 +5,11 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-import lmdb
 import numpy as np
 import pytest
 import torch
 
-import flowprep.store as store_module
+import flowprep.shard as shard_module
 from flowprep.codec import encode_flow, encode_rgb
 from flowprep.store import FlowStore, ShardWriter, StoreError, record_key
 
@@ -48,7 +47,7 @@ def test_write_and_read_back(tmp_path: Path) -> None:
 
 
 def test_map_grows_instead_of_map_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_module, "_INITIAL_MAP", 64 * 1024)
+    monkeypatch.setattr(shard_module, "_INITIAL_MAP", 64 * 1024)
     with ShardWriter(tmp_path) as writer:
         for i in range(4):
             writer.put_video(f"v{i}", *make_video(f"v{i}", frames=20, height=96, width=128, seed=i))
@@ -73,15 +72,15 @@ def test_shards_are_bounded_and_a_video_is_never_split(tmp_path: Path) -> None:
 
 def test_a_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
     records, meta = make_video("v")
-    records.append((b"", b"an empty key makes LMDB refuse the put"))
-    with ShardWriter(tmp_path) as writer, pytest.raises(lmdb.Error):
+    records.append((record_key("v" * 600, "rgb", 0), b"a key over 511 bytes makes LMDB refuse the put"))
+    with ShardWriter(tmp_path) as writer, pytest.raises(StoreError, match="writing failed.*run the same command"):
         writer.put_video("v", records, meta)
     store = FlowStore(tmp_path)
     assert len(store) == 0 and store.num_records() == 0
 
 
 def test_second_writer_is_refused(tmp_path: Path) -> None:
-    with ShardWriter(tmp_path), pytest.raises(StoreError, match="another flowprep process"):
+    with ShardWriter(tmp_path), pytest.raises(StoreError, match="in use by another flowprep process"):
         ShardWriter(tmp_path)
 
 

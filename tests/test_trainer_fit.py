@@ -130,12 +130,16 @@ def test_kill_minus_9_then_resume_ends_at_the_same_iteration(tiny: Path, tmp_pat
     proc.wait()
     killed_at = ckpt.load(path)["step"]
     assert 3 <= killed_at < 40, "the run should be killed part-way"
+    stale = path.with_name(".checkpoint.pt.tmp999999")  # as a kill during a checkpoint write leaves it
+    stale.write_bytes(b"half a checkpoint")
     resumed = trainer("fit", config, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {path} at iteration {killed_at}" in resumed.stderr
     state = ckpt.load(path)
     assert state["step"] == 40 and state["milestones"] == [20] and state["total"] == 40
+    assert not stale.exists() and "removed" in resumed.stderr
     rows = [r for r in read_rows(tmp_path / "run" / "metrics.csv") if r["kind"] == "train"]
+    assert len(rows) == len({r["iteration"] for r in rows}), "iterations redone after the resume are logged once"
     by_iteration = {int(r["iteration"]): float(r["lr"]) for r in rows}
     assert max(by_iteration) == 40 and set(range(killed_at + 1, 41)) <= set(by_iteration)
     assert all(lr == pytest.approx(0.01 if i <= 20 else 0.001) for i, lr in by_iteration.items())

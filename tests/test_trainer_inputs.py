@@ -1,4 +1,4 @@
-"""Temporal input volumes, augmentation and sampling (trainer/data.py), on real stores."""
+"""Temporal input volumes, augmentation and sampling (trainer/inputs.py, trainer/data.py), on real stores."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import torch
 
 from flowprep.flow import create_flow
 from flowprep.pairs import interior, translation
-from trainer.data import (
+from trainer.data import TrainingSet, batch_items
+from trainer.inputs import (
     InputSpec,
-    TrainingSet,
     VideoEntry,
-    batch_items,
     field_indices,
     flip_horizontal,
     flow_volume,

@@ -65,3 +65,38 @@ def test_real_clips_decode(shared_data: Path) -> None:
             frames = sum(1 for _ in reader)
             reader.check_complete()
             assert (frames, *reader.size) == expected[path.name], path.name
+
+
+def write_vfr(path: Path, durations_ms: list[int], codec: str) -> Path:
+    """A variable-frame-rate clip written with PyAV: frame i lasts durations_ms[i]."""
+    import fractions
+
+    av = pytest.importorskip("av")
+    import numpy as np
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=30)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.time_base = fractions.Fraction(1, 1000)
+        pts = 0
+        for i, duration in enumerate(durations_ms):
+            image = np.zeros((64, 96, 3), np.uint8)
+            image[:, (3 * i) % 96] = 255
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = pts, fractions.Fraction(1, 1000)
+            out.mux(stream.encode(frame))
+            pts += duration
+        out.mux(stream.encode())
+    return path
+
+
+@pytest.mark.parametrize("suffix,codec", [(".mkv", "libx264"), (".webm", "libvpx-vp9"), (".mp4", "libx264")])
+def test_variable_frame_rate_clips_are_not_truncated(tmp_path: Path, suffix: str, codec: str) -> None:
+    """Matroska has no frame count: OpenCV announces duration × nominal fps (here 100 for 50 frames)."""
+    durations = [33] * 20 + [200] * 10 + [33] * 20
+    path = write_vfr(tmp_path / f"vfr{suffix}", durations, codec)
+    info, frames = read_frames(path, short_side=0)
+    assert len(frames) == 50
+    cut = truncated_copy(path, tmp_path / f"cut{suffix}", 0.8)  # still a truncated clip, frames or not
+    with pytest.raises(VideoError, match="truncated" if suffix != ".mp4" else "can open"):  # MP4: index at the end
+        read_frames(cut, short_side=0)

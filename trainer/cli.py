@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from flowprep.pipeline import PipelineError
 from flowprep.splits import SplitError
 from flowprep.store import StoreError
 from flowprep.video import VideoError
+from trainer.checkpoint import CheckpointError
 from trainer.config import ConfigError, load_config
 from trainer.data import DataError
 from trainer.evaluate import EvaluationError, format_table, fuse_files, report_files, run_test
@@ -19,11 +21,20 @@ from trainer.fit import TrainError, fit
 from trainer.models import WeightsError
 
 USER_ERRORS = (ConfigError, DataError, TrainError, WeightsError, StoreError, SplitError, PipelineError,
-               EvaluationError)
+               EvaluationError, CheckpointError)
+
+
+def _one_line(message: str) -> str:
+    """An error re-raised from a DataLoader worker carries the worker's traceback: keep its last line,
+    the error's own message."""
+    if "Original Traceback" not in message:
+        return message
+    last = message.strip().splitlines()[-1]
+    return re.sub(r"^[\w.]*(Error|Exception): ", "", last)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {_one_line(message)}", err=True)
     sys.exit(code)
 
 
@@ -64,7 +75,7 @@ def fit_command(config: Path, overrides: tuple[str, ...], resume: bool) -> None:
     except KeyboardInterrupt:
         _fail("interrupted: run the same command with --resume to continue from the last checkpoint", 130)
     if int(os.environ.get("RANK", "0")) == 0:
-        accuracy = ", ".join(f"{name} {100 * acc:.1f}%" for name, acc in summary["val"].items())
+        accuracy = ", ".join(f"{name} {100 * acc:.1f}%" for name, acc in summary["val"].items()) or "- (no test video)"
         click.echo(f"done: {summary['iterations']} iterations; validation top-1 {accuracy}; "
                    f"checkpoint {summary['checkpoint']}")
 
@@ -170,13 +181,17 @@ def report(scores: tuple[Path, ...], out: Path | None) -> None:
 @click.option("--temporal", type=click.Path(path_type=Path), default=None, help="Temporal net checkpoint.")
 @click.option("--head", default=None, help="Dataset head of a multi-task net [default: the first].")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True)
-def predict_command(video: Path, spatial: Path | None, temporal: Path | None, head: str | None, top: int) -> None:
+@click.option("--allow-other-flow", is_flag=True,
+              help="Where the flow implementation the temporal net was trained on cannot run here, use this "
+                   "machine's implementation of the same algorithm instead of refusing.")
+def predict_command(video: Path, spatial: Path | None, temporal: Path | None, head: str | None, top: int,
+                    allow_other_flow: bool) -> None:
     """Classify VIDEO: decode it, compute its flow as the temporal net's training data was made, run
     both nets with the test protocol and print the top classes with fused (averaged) probabilities."""
     from trainer.predict import predict
 
     try:
-        result = predict(video, spatial, temporal, head)
+        result = predict(video, spatial, temporal, head, allow_other_flow)
     except VideoError as exc:
         _fail(f"{video}: {exc}")
     except USER_ERRORS as exc:

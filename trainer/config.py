@@ -101,12 +101,17 @@ class Config:
 
 
 STREAMS = ("spatial", "temporal")
+CROP_RANGE = (32, 512)  # pixels; frames smaller than the crop are enlarged to it
 STACKINGS = ("optical_flow", "trajectory")
 SCHEDULES = ("scratch", "finetune", "custom")
 
 
 def _type_name(tp: object) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _a(name: str) -> str:
+    return f"an {name}" if name[:1] in "aeiou" else f"a {name}"
 
 
 def _convert(value: object, tp: object, where: str, source: str) -> object:
@@ -135,12 +140,17 @@ def _convert(value: object, tp: object, where: str, source: str) -> object:
         return _build(tp, value, where, source)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 (PyYAML) reads 1e-3 as a string: it needs a dot (1.0e-3)
+            return float(value)
+        except ValueError:
+            pass
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{source}: {where} must be true or false, got {value!r}")
     if tp is int and isinstance(value, bool):
         raise ConfigError(f"{source}: {where} must be an int, got {value!r}")
     if not isinstance(value, tp):  # type: ignore[arg-type]
-        raise ConfigError(f"{source}: {where} must be a {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{source}: {where} must be {_a(_type_name(tp))}, got {value!r}")
     return value
 
 
@@ -183,9 +193,13 @@ def validate(cfg: Config) -> None:
         (d.flow_stack >= 1, f"data.flow_stack must be >= 1, got {d.flow_stack}"),
         (not d.bidirectional or d.flow_stack % 2 == 0, "data.flow_stack must be even with data.bidirectional"),
         (d.split in (1, 2, 3), f"data.split must be 1, 2 or 3, got {d.split}"),
-        (d.crop >= 32, f"data.crop must be >= 32 pixels, got {d.crop}"),
+        (CROP_RANGE[0] <= d.crop <= CROP_RANGE[1],
+         f"data.crop must be in {CROP_RANGE[0]}..{CROP_RANGE[1]} pixels, got {d.crop}"),
         (d.workers >= 0, f"data.workers must be >= 0, got {d.workers}"),
         (len(d.rgb_mean) == 3 and len(d.rgb_std) == 3, "data.rgb_mean and data.rgb_std need 3 values"),
+        (all(s > 0 for s in d.rgb_std), f"data.rgb_std must be > 0, got {d.rgb_std}"),
+        (d.rgb_jitter >= 0, f"data.rgb_jitter must be >= 0, got {d.rgb_jitter}"),
+        (0 < d.flow_scale <= 100, f"data.flow_scale must be in (0, 100] (input units per pixel), got {d.flow_scale}"),
         (len(d.datasets) >= 1, "data.datasets must list at least one dataset"),
         (m.arch == "cnn_m_2048", f"model.arch must be cnn_m_2048, got {m.arch!r}"),
         (0 < m.width <= 4, f"model.width must be in (0, 4], got {m.width}"),
@@ -196,9 +210,16 @@ def validate(cfg: Config) -> None:
         (o.schedule != "custom" or o.iterations > 0, "optim.iterations must be > 0 with optim.schedule: custom"),
         (o.batch_size >= 1, f"optim.batch_size must be >= 1, got {o.batch_size}"),
         (o.lr > 0, f"optim.lr must be > 0, got {o.lr}"),
+        (0 <= o.momentum < 1, f"optim.momentum must be in [0, 1), got {o.momentum}"),
+        (0 <= o.weight_decay < 1, f"optim.weight_decay must be in [0, 1), got {o.weight_decay}"),
+        (all(m > 0 for m in o.milestones), f"optim.milestones must be > 0 iterations, got {o.milestones}"),
+        (o.iterations >= 0, f"optim.iterations must be >= 0, got {o.iterations}"),
         (o.scale > 0, f"optim.scale must be > 0, got {o.scale}"),
         (cfg.run.device in ("auto", "cpu", "cuda"), f"run.device must be auto, cpu or cuda, got {cfg.run.device!r}"),
         (t.log_every >= 1 and t.checkpoint_every >= 1, "train.log_every and train.checkpoint_every must be >= 1"),
+        (t.val_every >= 0, f"train.val_every must be >= 0 iterations (0: only at the end), got {t.val_every}"),
+        (t.val_videos >= 0, f"train.val_videos must be >= 0 (0: all test videos), got {t.val_videos}"),
+        (0 <= cfg.run.seed < 2**32, f"run.seed must be in 0..{2**32 - 1}, got {cfg.run.seed}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -218,6 +239,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"{src}: model.pretrained: {m.pretrained} not found")
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error as one line with its position (1-based line and column)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"not valid YAML: {where}{problem}"
+
+
 def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load a YAML config, apply ``section.key=value`` overrides, check every key, type and path."""
     path = Path(path)
@@ -226,7 +255,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: {_yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (run, data, model, optim, train)")
     for assignment in overrides:

@@ -18,16 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flowprep.store import StoreError
 from trainer import checkpoint as ckpt
 from trainer.config import Config, config_from_dict
-from trainer.data import (
-    InputSpec,
-    PackedInput,
-    TrainingSet,
-    VideoEntry,
-    as_input,
-    open_datasets,
-)
+from trainer.data import TrainingSet, damaged, open_datasets
+from trainer.inputs import InputSpec, PackedInput, VideoEntry, as_input
 from trainer.models import CNNM2048, build_model
 
 TEST_FRAMES = 25
@@ -80,8 +75,8 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | None = None)
 class _FrameCrops(torch.utils.data.Dataset):
     """One item per (video, test frame): the frame's 10 normalised inputs and the video's index."""
 
-    def __init__(self, spec: InputSpec, store, entries: Sequence[VideoEntry], frames: int):
-        self.spec, self.store, self.entries = spec, store, entries
+    def __init__(self, spec: InputSpec, store, entries: Sequence[VideoEntry], frames: int, dataset: str = ""):
+        self.spec, self.store, self.entries, self.dataset = spec, store, entries, dataset
         self.items = [(v, tau) for v, entry in enumerate(entries) for tau in frame_positions(*spec.tau_range(entry),
                                                                                              frames)]
 
@@ -90,7 +85,10 @@ class _FrameCrops(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor | PackedInput, int]:
         v, tau = self.items[i]
-        return self.spec.test_crops(self.store, self.entries[v], tau, packed=True), v
+        try:
+            return self.spec.test_crops(self.store, self.entries[v], tau, packed=True), v
+        except (StoreError, IndexError) as exc:
+            raise damaged(self.dataset, self.store, exc) from None
 
 
 def _concat(batch: list[tuple[torch.Tensor | PackedInput, int]]) -> tuple[torch.Tensor | PackedInput, torch.Tensor]:
@@ -107,7 +105,7 @@ def score_videos(net: LoadedNet, dataset: TrainingSet, entries: Sequence[VideoEn
                  ) -> np.ndarray:
     """Softmax scores (videos × classes) of ``dataset``'s head, averaged over frames × 10 crops."""
     device = next(net.model.parameters()).device
-    crops = _FrameCrops(net.spec, dataset.store, entries, frames)
+    crops = _FrameCrops(net.spec, dataset.store, entries, frames, dataset.name)
     loader = torch.utils.data.DataLoader(crops, batch_size=frames_per_batch, num_workers=workers, collate_fn=_concat)
     sums = torch.zeros(len(entries), len(dataset.classes), dtype=torch.float64)
     counts = torch.zeros(len(entries), dtype=torch.int64)

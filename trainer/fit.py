@@ -20,10 +20,12 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
+from flowprep.lock import FolderBusyError, FolderLock
 from trainer import checkpoint as ckpt
 from trainer.config import Config
-from trainer.data import CentreInputs, InputSpec, StepBatches, TrainingSet, TrainInputs, as_input, open_datasets
-from trainer.metrics import append_row, plot_curves
+from trainer.data import CentreInputs, StepBatches, TrainingSet, TrainInputs, open_datasets
+from trainer.inputs import InputSpec, as_input
+from trainer.metrics import append_row, drop_rows_after, plot_curves
 from trainer.models import build_model, count_parameters, load_pretrained
 
 SCHEDULE_PRESETS = {"scratch": ([50_000, 70_000], 80_000), "finetune": ([14_000], 20_000)}
@@ -168,14 +170,47 @@ def _build(cfg: Config, datasets: list[TrainingSet], log: Callable[[str], None])
     return model
 
 
+def lock_run_dir(run_dir: Path) -> FolderLock:
+    """The run folder's lock: one ``trainer fit`` writes a run folder at a time (rank 0 holds it)."""
+    try:
+        return FolderLock(run_dir, "trainer fit")
+    except FolderBusyError as exc:
+        raise TrainError(str(exc)) from None
+    except OSError as exc:
+        raise TrainError(f"{run_dir}: cannot create the run folder: {exc.strerror or exc}") from None
+
+
 def fit(cfg: Config, resume: bool = False) -> dict:
     """Train as configured; returns {"iterations", "val", "checkpoint", "run_dir"}."""
     procs = setup_processes(cfg.run.device)
+    lock = lock_run_dir(Path(cfg.run.dir)) if procs.main else None
     try:
         return _fit(cfg, resume, procs)
     finally:
+        if lock is not None:
+            lock.release()
         if procs.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every config value that differs (nested sections flattened)."""
+    out = []
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key), after.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def _state_dict_problem(exc: Exception) -> str:
+    """The telling line of a load_state_dict error (the first size mismatch or missing key)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = next((line for line in lines[1:] if line.startswith(("size mismatch", "Missing key", "Unexpected key"))),
+                  lines[-1] if lines else type(exc).__name__)
+    return detail[:300]
 
 
 def _fit(cfg: Config, resume: bool, procs: Processes) -> dict:
@@ -191,6 +226,12 @@ def _fit(cfg: Config, resume: bool, procs: Processes) -> dict:
     for ds in datasets:
         log(f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test videos, {len(ds.classes)} classes"
             + (f"; {ds.missing_report}" if ds.missing_report else ""))
+        unsampled = [ds.classes[c] for c, videos in enumerate(ds.train_by_class) if not videos]
+        if unsampled:
+            log(f"warning: {ds.name}: {len(unsampled)} class(es) have no training video and are never trained on: "
+                f"{', '.join(unsampled[:5])}{', ...' if len(unsampled) > 5 else ''}")
+        if not ds.test:
+            log(f"warning: {ds.name}: no test video of split {cfg.data.split} is in the store: no validation")
     spec = InputSpec.from_config(cfg.data)
     torch.manual_seed(cfg.run.seed)
     model = _build(cfg, datasets, log)
@@ -204,8 +245,14 @@ def _fit(cfg: Config, resume: bool, procs: Processes) -> dict:
                                 weight_decay=cfg.optim.weight_decay)
 
     start, last_val, last_saved = 0, {}, None
+    if procs.main:
+        for tmp in ckpt.remove_partial(checkpoint_path):
+            log(f"removed {tmp} (a checkpoint write that a killed run left unfinished)")
     if checkpoint_path.exists():
-        state = ckpt.load(checkpoint_path)
+        try:
+            state = ckpt.load(checkpoint_path)
+        except ckpt.CheckpointError as exc:
+            raise TrainError(f"{exc}; move it away to start again, or restore it") from None
         if not resume:
             raise TrainError(f"{checkpoint_path} exists (iteration {state['step']}): add --resume to continue "
                              "it, or set run.dir to start a new run")
@@ -213,16 +260,26 @@ def _fit(cfg: Config, resume: bool, procs: Processes) -> dict:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise TrainError(f"{checkpoint_path} does not fit this config's model: "
-                             f"{str(exc).splitlines()[0]}") from None
+            problem = _state_dict_problem(exc)
+            raise TrainError(f"{checkpoint_path} does not fit this config's model: {problem}") from None
         torch.set_rng_state(state["torch_rng"])
         start, last_val, last_saved = state["step"], state.get("val", {}), state["step"]
         log(f"resumed from {checkpoint_path} at iteration {start}")
+        changes = _config_changes(state.get("config", {}), cfg.to_dict())
+        if changes:
+            log(f"note: the config differs from the checkpoint's, the new values apply from iteration {start}: "
+                + "; ".join(changes))
+        if procs.main:
+            dropped = drop_rows_after(run_dir / "metrics.csv", start)
+            if dropped:
+                log(f"dropped {dropped} metrics.csv row(s) after iteration {start} (they are redone)")
     elif resume:
         log(f"no checkpoint in {run_dir}: starting at iteration 0")
     if procs.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        tmp = run_dir / f".config.yaml.tmp{os.getpid()}"
+        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        os.replace(tmp, run_dir / "config.yaml")
 
     net = model
     if procs.world > 1:
@@ -252,10 +309,13 @@ def _fit(cfg: Config, resume: bool, procs: Processes) -> dict:
         nonlocal last_val
         if procs.main:
             last_val = validate(model, datasets, spec, cfg.train.val_videos, workers, procs.device)
+            if not last_val:
+                log(f"validation at iteration {step}: skipped, no test video in the store")
             for name, acc in last_val.items():
                 append_row(run_dir / "metrics.csv", iteration=step, kind="val", dataset=name, accuracy=f"{acc:.4f}")
-            log(f"validation at iteration {step}: "
-                + ", ".join(f"{name} {100 * acc:.1f}%" for name, acc in last_val.items()))
+            if last_val:
+                log(f"validation at iteration {step}: "
+                    + ", ".join(f"{name} {100 * acc:.1f}%" for name, acc in last_val.items()))
         if procs.world > 1:
             dist.barrier()
 

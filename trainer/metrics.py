@@ -20,6 +20,25 @@ def append_row(path: str | os.PathLike, **row: object) -> None:
         writer.writerow({k: row.get(k, "") for k in FIELDS})
 
 
+def drop_rows_after(path: str | os.PathLike, iteration: int) -> int:
+    """Remove the rows of iterations after ``iteration`` (a resumed run redoes them); the file is
+    rewritten then renamed. Returns how many were removed."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    rows = read_rows(path)
+    keep = [r for r in rows if not r.get("iteration", "").isdigit() or int(r["iteration"]) <= iteration]
+    if len(keep) == len(rows):
+        return 0
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS)
+        writer.writeheader()
+        writer.writerows({k: r.get(k, "") for k in FIELDS} for r in keep)
+    os.replace(tmp, path)
+    return len(rows) - len(keep)
+
+
 def read_rows(path: str | os.PathLike) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))

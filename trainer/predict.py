@@ -1,9 +1,10 @@
 """``trainer predict``: classify one video file with trained spatial and/or temporal nets.
 
-The clip is decoded and rescaled as at extraction, its flow is computed with the algorithm and
-parameters recorded in the temporal checkpoint and passed through the same [0,255] + JPEG round
-trip as the training data; both nets then score it with the test protocol and the softmax scores
-are fused by averaging.
+The clip is decoded and rescaled as at extraction, its flow is computed with the implementation and
+parameters recorded in the temporal checkpoint (the flow its training data was made with) and
+passed through the same [0,255] + JPEG round trip as the training data; both nets then score it with
+the test protocol and the softmax scores are fused by averaging. Where that implementation cannot run
+here (OpenCV's CUDA Brox without a CUDA OpenCV) prediction is refused unless another is allowed.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import numpy as np
 import torch
 
 from flowprep.codec import decode_rgb, encode_flow, encode_rgb
-from flowprep.flow import FlowMethod, create_flow
+from flowprep.flow import FlowError, FlowMethod, create_flow, has_opencv_cuda_brox, torch_cuda_devices
 from flowprep.video import read_frames
-from trainer.data import VideoEntry
 from trainer.evaluate import EvaluationError, LoadedNet, load_checkpoint, protocol_inputs
+from trainer.inputs import VideoEntry
 
 
 class ClipStore:
@@ -31,6 +32,7 @@ class ClipStore:
         self.frames = frames_bgr
         self.grey = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in frames_bgr]
         self.method, self.bound, self.quality, self.rgb_quality = method, bound, quality, rgb_quality
+        self.root = "the clip"
         self._cache: dict[tuple[str, int], bytes] = {}
 
     def records(self, video: str, kind: str, ts: Sequence[int]) -> list[bytes]:
@@ -58,6 +60,39 @@ class Prediction:
     flow: str
 
 
+def recorded_flow_method(flow: dict, allow_other: bool = False) -> tuple[FlowMethod, str]:
+    """The flow method a temporal net's training data was made with (``flow``: the checkpoint's
+    {"algo", "implementation", "params"}), and a description of what runs. Where that implementation
+    cannot run here: EvaluationError, or with ``allow_other`` the algorithm's default implementation
+    here, said in the description."""
+    algo, implementation = flow["algo"], flow["implementation"]
+    params = {k: v for k, v in flow.get("params", {}).items() if k != "device"}
+    devices = {"cpu-pyramid-variational-refinement": "cpu", "opencv-dual-tvl1": "auto", "opencv-farneback": "auto",
+               "opencv-dis": "auto", "torch-brox": "cuda" if torch_cuda_devices() else "torch-cpu",
+               "opencv-cuda-brox": "cuda" if has_opencv_cuda_brox() else None}
+    device = devices.get(implementation)
+    if device is not None:
+        try:
+            method = create_flow(algo, params, device=device)
+        except (FlowError, ValueError) as exc:
+            why = str(exc)
+        else:
+            if method.implementation == implementation:
+                where = f" on {method.params['device']}" if "device" in method.params else ""
+                return method, f"{algo} ({implementation}{where}, the training data's parameters)"
+            why = f"{method.implementation} would run instead"
+    else:
+        why = ("this OpenCV has no CUDA" if implementation == "opencv-cuda-brox"
+               else "this version of flowprep does not know it")
+    fallback = create_flow(algo)
+    if not allow_other:
+        raise EvaluationError(f"the temporal net was trained on {algo} flow from {implementation}, which cannot run "
+                              f"here ({why}); --allow-other-flow computes it with {fallback.implementation} "
+                              "instead (other flow than in training: accuracy may drop)")
+    return fallback, (f"{algo} ({fallback.implementation} with its defaults, NOT the training data's {implementation}:"
+                      " allowed by --allow-other-flow)")
+
+
 def _head(net: LoadedNet, head: str | None) -> str:
     heads = list(net.state["classes"])
     if head is None:
@@ -74,8 +109,8 @@ def _scores(net: LoadedNet, store: ClipStore, entry: VideoEntry, head: str) -> n
     return torch.cat(probs).mean(0).numpy()
 
 
-def predict(video: str | os.PathLike, spatial: str | None, temporal: str | None, head: str | None = None
-            ) -> Prediction:
+def predict(video: str | os.PathLike, spatial: str | None, temporal: str | None, head: str | None = None,
+            allow_other_flow: bool = False) -> Prediction:
     if not spatial and not temporal:
         raise EvaluationError("give --spatial CKPT and/or --temporal CKPT")
     nets = {name: load_checkpoint(path) for name, path in (("spatial", spatial), ("temporal", temporal)) if path}
@@ -92,16 +127,13 @@ def predict(video: str | os.PathLike, spatial: str | None, temporal: str | None,
     if len(frames) < 2:
         raise EvaluationError(f"{video}: only one frame decodes")
     flow = store_meta["flow"]
-    method = None
+    method, description = None, "-"
     if "temporal" in nets:
-        method = create_flow(flow["algo"])
-        if method.implementation == flow["implementation"]:
-            method = create_flow(flow["algo"], flow["params"])
+        method, description = recorded_flow_method(flow, allow_other_flow)
     store = ClipStore(frames, method, store_meta["bound"], int(store_meta.get("quality", 90)),
                       int(store_meta.get("rgb_quality", 90)))
     bidirectional = "temporal" in nets and nets["temporal"].cfg.data.bidirectional
     entry = VideoEntry(str(video), -1, len(frames), len(frames) - 1, len(frames) - 1 if bidirectional else 0)
     per_stream = {name: _scores(net, store, entry, heads[name]) for name, net in nets.items()}
     fused = np.mean(list(per_stream.values()), axis=0)
-    return Prediction(next(iter(class_lists.values())), fused, per_stream, len(frames),
-                      f"{flow['algo']} ({method.implementation})" if method else "-")
+    return Prediction(next(iter(class_lists.values())), fused, per_stream, len(frames), description)

@@ -1,0 +1,85 @@
+"""An exclusive lock on a folder that one process writes (a flow store, a training run).
+
+``flock`` on ``FOLDER/.lock``: the kernel drops it when the holder exits, however it exits (kill -9
+included), so a lock never outlives its process. The holder writes its pid and command line into the
+file so that a refused process can say who holds it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+from pathlib import Path
+
+LOCK_FILE = ".lock"
+_HELD: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _close_in_child() -> None:
+    # A forked child (a DataLoader worker) shares the parent's lock; closing its copy means the lock
+    # dies with the parent, not with the last of its children.
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
+
+
+class FolderBusyError(Exception):
+    """Another live process holds the folder's lock; the message names the folder and that process."""
+
+
+def _holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+    except OSError:
+        return "another process"
+    pid, _, command = text.partition("\n")
+    if not pid.isdigit():
+        return "another process"
+    return f"pid {pid}" + (f": {command}" if command else "")
+
+
+class FolderLock:
+    """Hold ``folder``'s lock until :meth:`release` (or exit). ``what`` names the kind of writer in the
+    refusal (``flowprep extract``, ``trainer fit``)."""
+
+    def __init__(self, folder: str | os.PathLike, what: str):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        # no O_TRUNC: opening must not wipe the holder's pid before we know we own the lock
+        self._fd: int | None = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            raise FolderBusyError(f"{self.folder}: in use by another {what} ({holder}); wait for it to end or "
+                                  "stop it, or use another folder") from None
+        _HELD.add(self._fd)
+        command = " ".join(sys.argv)[:300].replace("\n", " ")
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n{command}\n".encode(), 0)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            _HELD.discard(self._fd)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

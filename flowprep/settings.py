@@ -1,0 +1,137 @@
+"""A store's settings: what every video in one store is extracted with (``OUT/flowprep.json``).
+
+One store holds videos of one set of settings, so a trainer reading it sees one flow encoding. The
+file is written under the store's lock; where it is missing it is rebuilt from the videos' own
+metadata (each video records its algorithm, parameters, bound, qualities and size), and ``flowprep
+verify`` compares every video's metadata with it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from flowprep.codec import parse_bound
+from flowprep.flow import ALGORITHMS, implementation_defaults
+from flowprep.store import SETTINGS_FILE, StoreError, write_json_atomic
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """What every video of one store is extracted with (kept in ``OUT/flowprep.json``).
+
+    ``bound``: pixels (flow clipped to ±bound) or "adaptive" (per-field min/max); ``quality`` and
+    ``rgb_quality``: JPEG quality 1-100; ``short_side``: pixels of the frames' smaller side after
+    rescaling (0 keeps the original size); ``flow_params``: the parameters given with ``--param``
+    (the rest are the implementation's defaults).
+    """
+
+    algo: str = "brox"
+    bound: float | str = 20.0
+    quality: int = 90
+    rgb_quality: int = 90
+    short_side: int = 256
+    bidirectional: bool = False
+    flow_params: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGORITHMS:
+            raise ValueError(f"--algo must be one of {', '.join(ALGORITHMS)}, got {self.algo!r}")
+        object.__setattr__(self, "bound", parse_bound(self.bound))
+        for name in ("quality", "rgb_quality"):
+            if not 1 <= int(getattr(self, name)) <= 100:
+                raise ValueError(f"{name} must be in 1..100, got {getattr(self, name)}")
+        if self.short_side < 0:
+            raise ValueError(f"short_side must be >= 0 pixels, got {self.short_side}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def video_settings(meta: dict) -> dict:
+    """The settings (as :meth:`ExtractSettings.to_dict`) one stored video was extracted with, from its
+    metadata: ``flow_params`` are the parameters that differ from its implementation's defaults."""
+    flow = meta["flow"]
+    try:
+        defaults = implementation_defaults(flow["implementation"])
+    except ValueError:
+        defaults = {}
+    params = {k: v for k, v in flow["params"].items() if k != "device" and defaults.get(k, object()) != v}
+    return {"algo": flow["algo"], "bound": parse_bound(meta["bound"]), "quality": meta["quality"],
+            "rgb_quality": meta["rgb_quality"], "short_side": meta["short_side"],
+            "bidirectional": meta["num_backward"] > 0, "flow_params": params}
+
+
+def _differences(have: dict, want: dict) -> list[str]:
+    """``key=have (want)`` for every setting that differs."""
+    out = []
+    for key in ExtractSettings().to_dict():
+        a, b = have.get(key), want.get(key)
+        if key == "flow_params":
+            keys = sorted(set(a or {}) | set(b or {}))
+            out += [f"--param {k}={(a or {}).get(k, 'default')!r} ({(b or {}).get(k, 'default')!r})"
+                    for k in keys if (a or {}).get(k) != (b or {}).get(k)]
+        elif a != b:
+            out.append(f"{key}={a!r} ({b!r})")
+    return out
+
+
+def video_mismatches(meta: dict, settings: dict) -> list[str]:
+    """How one video's metadata disagrees with the store's settings (empty: it agrees)."""
+    try:
+        mine = video_settings(meta)
+        store = {**ExtractSettings().to_dict(), **settings}
+        out = _differences({**mine, "flow_params": {}}, {**store, "flow_params": {}})
+        used = {k: v for k, v in meta["flow"]["params"].items() if k != "device"}
+        for key in sorted(set(store["flow_params"]) | set(mine["flow_params"])):
+            if key not in store["flow_params"]:
+                out.append(f"--param {key}={used[key]!r} (default)")
+            elif used.get(key) != store["flow_params"][key]:
+                out.append(f"--param {key}={used.get(key, 'unknown')!r} ({store['flow_params'][key]!r})")
+        return out
+    except (KeyError, TypeError, ValueError) as exc:
+        return [f"metadata lacks or garbles a setting ({type(exc).__name__}: {exc})"]
+
+
+def rebuild_settings(metas: Iterable[dict], where: Path) -> dict | None:
+    """The store's settings from its videos' metadata (None: no video); StoreError if they disagree."""
+    first_video, first = None, None
+    for meta in metas:
+        mine = video_settings(meta)
+        if first is None:
+            first_video, first = meta["video"], mine
+        elif mine != first:
+            raise StoreError(f"{where}: {SETTINGS_FILE} is missing and the stored videos disagree: "
+                             f"{meta['video']} has {', '.join(_differences(mine, first))} "
+                             f"(values in parentheses: {first_video}); extract into a new folder")
+    return first
+
+
+def check_settings(out: Path, settings: ExtractSettings, metas: Iterable[dict]) -> str | None:
+    """Refuse to mix settings in one store. Call with the store's lock held. Writes the settings on the
+    first run; where the file is missing from a store that has videos, rebuilds it from ``metas`` (the
+    stored videos' metadata) first. Returns a note to show the user, or None."""
+    path = out / SETTINGS_FILE
+    wanted = settings.to_dict()
+    note = None
+    if path.exists():
+        try:
+            have = {**ExtractSettings().to_dict(), **json.loads(path.read_text())}
+        except ValueError as exc:
+            raise StoreError(f"{path}: damaged settings file ({exc}); delete it so that it is rebuilt from the "
+                             "videos' metadata") from None
+        have["bound"] = parse_bound(have["bound"])
+    else:
+        have = rebuild_settings(metas, out)
+        if have is None:
+            write_json_atomic(path, wanted)
+            return None
+        write_json_atomic(path, have)
+        note = f"{path} was missing: rebuilt from the stored videos' metadata"
+    diff = _differences(have, wanted)
+    if diff:
+        raise StoreError(f"{out} was extracted with other settings: {', '.join(diff)} (this run's in parentheses); "
+                         "use the same flags or another output folder")
+    return note
