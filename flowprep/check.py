@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from flowprep.checksum import checksum_problem, parse_checksums
 from flowprep.codec import RecordError, decode_flow_components, decode_rgb
 from flowprep.settings import video_mismatches
-from flowprep.store import KINDS, SETTINGS_FILE, FlowStore, StoreError, split_key
+from flowprep.shard import split_key
+from flowprep.store import KINDS, SETTINGS_FILE, FlowStore, StoreError
 
 
 @dataclass

@@ -13,17 +13,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-
-def _split_key(key: bytes) -> tuple[str, str, int]:
-    video, kind, t = key.decode().rsplit("/", 2)
-    return video, kind, int(t)
+from flowprep.shard import split_key
 
 
 def record_checksums(records: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
     """The ``crc32`` metadata of a video's records: per kind, the checksums of records 0, 1, … as hex."""
     by_kind: dict[str, dict[int, int]] = {}
     for key, value in records:
-        _, kind, t = _split_key(key)
+        _, kind, t = split_key(key)
         by_kind.setdefault(kind, {})[t] = zlib.crc32(value)
     out = {}
     for kind, crcs in sorted(by_kind.items()):

@@ -8,14 +8,13 @@ verify`` compares every video's metadata with it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from flowprep.codec import parse_bound
 from flowprep.flow import ALGORITHMS, implementation_defaults
-from flowprep.store import SETTINGS_FILE, StoreError, write_json_atomic
+from flowprep.store import SETTINGS_FILE, StoreError, read_json, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -118,10 +117,9 @@ def check_settings(out: Path, settings: ExtractSettings, metas: Iterable[dict]) 
     note = None
     if path.exists():
         try:
-            have = {**ExtractSettings().to_dict(), **json.loads(path.read_text())}
-        except ValueError as exc:
-            raise StoreError(f"{path}: damaged settings file ({exc}); delete it so that it is rebuilt from the "
-                             "videos' metadata") from None
+            have = {**ExtractSettings().to_dict(), **read_json(path, "settings file")}
+        except StoreError as exc:
+            raise StoreError(f"{exc}; delete it so that it is rebuilt from the videos' metadata") from None
         have["bound"] = parse_bound(have["bound"])
     else:
         have = rebuild_settings(metas, out)

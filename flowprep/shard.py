@@ -36,6 +36,17 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.lmdb"
 
 
+def record_key(video: str, kind: str, t: int) -> bytes:
+    """The data key of record t of ``kind`` ("rgb", "flow" or "back") of ``video``."""
+    return f"{video}/{kind}/{t:06d}".encode()
+
+
+def split_key(key: bytes) -> tuple[str, str, int]:
+    """(video, kind, t) of a data key."""
+    video, kind, t = key.decode().rsplit("/", 2)
+    return video, kind, int(t)
+
+
 def no_space_message(path: Path) -> str:
     return f"no space left on device writing {path}"
 

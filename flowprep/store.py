@@ -51,6 +51,7 @@ from flowprep.shard import (
     lmdb_errors,
     no_space_message,
     open_env,
+    record_key,
     shard_name,
 )
 
@@ -58,17 +59,6 @@ SETTINGS_FILE = "flowprep.json"
 FAILURES_FILE = "failures.json"
 KINDS = ("rgb", "flow", "back")
 MAX_KEY_BYTES = 511
-
-
-def record_key(video: str, kind: str, t: int) -> bytes:
-    """The data key of record t of ``kind`` ("rgb", "flow" or "back") of ``video``."""
-    return f"{video}/{kind}/{t:06d}".encode()
-
-
-def split_key(key: bytes) -> tuple[str, str, int]:
-    """(video, kind, t) of a data key."""
-    video, kind, t = key.decode().rsplit("/", 2)
-    return video, kind, int(t)
 
 
 def write_json_atomic(path: Path, obj: object) -> None:
@@ -295,13 +285,7 @@ class FlowStore:
 
     def settings(self) -> dict:
         """The store-wide settings written by ``flowprep extract`` ({} if the file is missing)."""
-        path = self.root / SETTINGS_FILE
-        if not path.exists():
-            return {}
-        try:
-            return json.loads(path.read_text())
-        except ValueError as exc:
-            raise StoreError(f"{path}: damaged settings file ({exc})") from None
+        return read_json(self.root / SETTINGS_FILE, "settings file")
 
     def failures(self) -> dict[str, dict]:
         """Videos whose extraction failed, by id: {"path": ..., "reason": ...}."""
@@ -383,11 +367,15 @@ def decode_records(store, video: str, kind: str, ts: Sequence[int], decode: Call
     return out
 
 
-def read_failures(root: str | os.PathLike) -> dict[str, dict]:
-    path = Path(root) / FAILURES_FILE
+def read_json(path: Path, what: str) -> dict:
+    """A store's JSON file ({} if it is missing); a damaged one is a StoreError naming it."""
     if not path.exists():
         return {}
     try:
         return json.loads(path.read_text())
     except ValueError as exc:
-        raise StoreError(f"{path}: damaged failure list ({exc})") from None
+        raise StoreError(f"{path}: damaged {what} ({exc})") from None
+
+
+def read_failures(root: str | os.PathLike) -> dict[str, dict]:
+    return read_json(Path(root) / FAILURES_FILE, "failure list")
