@@ -71,6 +71,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/loader.py
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/import.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -10,7 +10,7 @@ from flowprep.checksum import checksum_problem, parse_checksums
 from flowprep.codec import RecordError, decode_flow_components, decode_rgb
 from flowprep.settings import video_mismatches
 from flowprep.shard import split_key
-from flowprep.store import KINDS, SETTINGS_FILE, FlowStore, StoreError
+from flowprep.store import KINDS, SETTINGS_FILE, FlowStore, StoreError, video_streams
 
 
 @dataclass
@@ -84,7 +84,8 @@ class Verification:
 def verify(store: FlowStore, decode: bool = True, on_record: Callable[[int], None] | None = None) -> Verification:
     """Problems found in the store, one line each (none: the store is sound), and notes.
 
-    Checks, for every video: N RGB frames and N−1 flow fields (and N−1 backward fields when stored)
+    Checks, for every video: N RGB frames and N−1 flow fields (and N−1 backward fields when stored;
+    an imported RGB-only or flow-only video has the one stream)
     as its metadata says, numbered 0..n−1 without gaps; every record's CRC-32 against its metadata;
     every record decodes (``decode``) to the frame size in the metadata; the metadata agrees with
     ``flowprep.json``; no record belongs to a video without metadata. Shards or metadata that cannot
@@ -138,7 +139,7 @@ def _check_settings(store: FlowStore, metas: list[dict], result: Verification) -
     for meta in metas:
         mismatches = video_mismatches(meta, settings)
         if mismatches:
-            result.problems.append(f"{meta.get('video')}: extracted with {', '.join(mismatches)} "
+            result.problems.append(f"{meta.get('video')}: made with {', '.join(mismatches)} "
                                    f"(values in parentheses: {SETTINGS_FILE})")
 
 
@@ -172,7 +173,7 @@ def _check_record(key: bytes, value: memoryview, shard, metas: dict, checksums: 
 
 def _count_problems(video: str, meta: dict, seen: dict[str, list[int]]) -> list[str]:
     problems = []
-    if meta["num_flows"] != meta["num_frames"] - 1:
+    if video_streams(meta) == ["rgb", "flow"] and meta["num_flows"] != meta["num_frames"] - 1:
         problems.append(f"{video}: metadata says {meta['num_frames']} frames but "
                         f"{meta['num_flows']} flow fields (expected {meta['num_frames'] - 1})")
     for kind, expected in _expected_counts(meta).items():

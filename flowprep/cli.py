@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -14,7 +13,7 @@ import cv2
 from click.core import ParameterSource
 
 from flowprep.check import summarize, verify
-from flowprep.codec import parse_bound
+from flowprep.cli_common import bound_value, fail, human_bytes, parse_size
 from flowprep.extract import Compute, ExtractReport, ExtractSettings, SourceError, run_extract
 from flowprep.flow import (
     ALGORITHMS,
@@ -33,34 +32,6 @@ from flowprep.visualize import figure
 DATA_ROOT_OPTION = click.option(
     "--data-root", type=click.Path(path_type=Path), envvar=DATA_ENV, default=None,
     help=f"Folder the pipeline's paths are relative to [env {DATA_ENV}; default: data/ beside pipelines/].")
-
-
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def _size(text: str) -> int:
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?i?b?)?\s*", text.lower())
-    if not match:
-        raise click.BadParameter(f"{text!r} is not a size such as 8GB or 512MB")
-    unit = (match.group(2) or "b").rstrip("b").rstrip("i")
-    return int(float(match.group(1)) * 1024 ** " kmgt".index(unit or " "))
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
-def _bound(ctx: click.Context, param: click.Parameter, value: str) -> float | str:
-    try:
-        return parse_bound(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
 
 
 def _params(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict:
@@ -93,6 +64,8 @@ def main() -> None:
     flowprep info out/                  counts, sizes, compression, failures
     flowprep verify out/                decode every record, check counts
     flowprep show out/ VIDEO -o f.png   frame, dx, dy and colour-coded flow
+    flowprep import frames/ out/        frames and flow extracted by another tool, as they are
+    flowprep export out/ files/ --layout mmaction   a store back as another tool's files
     """
 
 
@@ -100,7 +73,7 @@ def _load_pipeline(path: Path, data_root: Path | None) -> Pipeline:
     try:
         return load_pipeline(path, data_root)
     except PipelineError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _split_reports(pipeline: Pipeline, available: list[str], where: str) -> tuple[list[str], bool]:
@@ -126,7 +99,7 @@ def _split_reports(pipeline: Pipeline, available: list[str], where: str) -> tupl
 @DATA_ROOT_OPTION
 @click.option("--algo", type=click.Choice(ALGORITHMS), default="brox", show_default=True,
               help="Flow algorithm. brox: OpenCV CUDA Brox where OpenCV has CUDA, else the CPU pyramid.")
-@click.option("--bound", default="20", show_default=True, callback=_bound,
+@click.option("--bound", default="20", show_default=True, callback=bound_value,
               help="Pixels: flow clipped to ±BOUND and mapped to [0,255] with 0 at 128; "
                    "or 'adaptive': each field's own min/max, kept in the record.")
 @click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True,
@@ -180,20 +153,20 @@ def extract(source: Path, out: Path | None, data_root: Path | None, algo: str, b
             settings = dataclasses.replace(pipeline.flow, **given)
         else:
             if out is None:
-                _fail("OUT is required unless SOURCE is a pipeline file")
+                fail("OUT is required unless SOURCE is a pipeline file")
             settings = ExtractSettings(**given)
     except (ValueError, PipelineError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     algo = settings.algo
     if gpus:
         if algo != "brox":
-            _fail(f"--gpus runs brox only; {algo} runs on the CPU (drop --gpus)")
+            fail(f"--gpus runs brox only; {algo} runs on the CPU (drop --gpus)")
         available = opencv_cuda_devices() if has_opencv_cuda_brox() else torch_cuda_devices()
         if available == 0:
-            _fail("--gpus needs a GPU that OpenCV (built with CUDA; no PyPI wheel is) or torch can use, and "
+            fail("--gpus needs a GPU that OpenCV (built with CUDA; no PyPI wheel is) or torch can use, and "
                   "none is visible here; drop --gpus to run brox on the CPU")
         if available < gpus:
-            _fail(f"--gpus {gpus}: only {available} GPU(s) visible")
+            fail(f"--gpus {gpus}: only {available} GPU(s) visible")
 
     with ExitStack() as stack:
         bar = None
@@ -212,15 +185,15 @@ def extract(source: Path, out: Path | None, data_root: Path | None, algo: str, b
 
         try:
             report = run_extract(source, out, settings, workers=workers, gpus=gpus,
-                                 shard_bytes=_size(shard_size), on_start=on_start,
+                                 shard_bytes=parse_size(shard_size), on_start=on_start,
                                  on_progress=on_progress, scheduler=scheduler,
                                  compute=Compute(device, max_batch))
         except (SourceError, StoreError, FlowError, ValueError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     rate = report.pairs / report.seconds if report.seconds else 0.0
-    click.echo(f"stored {report.stored} videos ({report.pairs} flow pairs, {_human(report.bytes)}) in "
+    click.echo(f"stored {report.stored} videos ({report.pairs} flow pairs, {human_bytes(report.bytes)}) in "
                f"{report.seconds:.1f} s, {rate:.1f} pairs/s; skipped {report.skipped} already complete; "
                f"failed {len(report.failures)}", err=True)
     for failure in report.failures:
@@ -244,7 +217,7 @@ def _open(out: Path, strict: bool = True) -> FlowStore:
         store.videos()
         return store
     except StoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @main.command()
@@ -258,15 +231,19 @@ def info(out: Path) -> None:
     except StoreError as exc:
         s.problems.append(str(exc))
         settings = {}
-    click.echo(f"store       {out} ({s.shards} shard(s), {_human(s.disk_bytes)} on disk)")
+    click.echo(f"store       {out} ({s.shards} shard(s), {human_bytes(s.disk_bytes)} on disk)")
     click.echo(f"videos      {s.videos}")
-    click.echo(f"frames      {s.frames} RGB JPEGs, {_human(s.rgb_bytes)}")
+    click.echo(f"frames      {s.frames} RGB JPEGs, {human_bytes(s.rgb_bytes)}")
     fields = f"{s.flow_fields} forward" + (f" + {s.backward_fields} backward" if s.backward_fields else "")
-    click.echo(f"flow        {fields} fields, {_human(s.flow_bytes)} "
-               f"({_human(s.flow_bytes / max(1, s.flow_fields + s.backward_fields))} per field)")
+    click.echo(f"flow        {fields} fields, {human_bytes(s.flow_bytes)} "
+               f"({human_bytes(s.flow_bytes / max(1, s.flow_fields + s.backward_fields))} per field)")
     click.echo(f"compression {s.compression_ratio:.1f}x smaller than float32 "
-               f"({_human(s.float32_flow_bytes)} as float32)")
-    if settings:
+               f"({human_bytes(s.float32_flow_bytes)} as float32)")
+    if "imported" in settings:
+        imported = settings["imported"]
+        click.echo(f"settings    imported {imported['layout']} files ({' + '.join(imported['streams'])}); flow: "
+                   f"{imported['flow_algo']}, ±{imported['bound']:g} px with 0 px at level {imported['zero_level']:g}")
+    elif settings:
         click.echo(f"settings    bound {settings['bound']}, quality {settings['quality']}, "
                    f"rgb quality {settings['rgb_quality']}, short side {settings['short_side']} px"
                    + (", bidirectional" if settings["bidirectional"] else ""))
@@ -318,16 +295,16 @@ def show(out: Path, video: str, t: int, output: Path | None) -> None:
     if video not in store:
         matches = [v for v in store.videos() if v.rsplit("/", 1)[-1] == video]
         if len(matches) != 1:
-            _fail(f"video {video!r} is not in {out}" + (f" (did you mean {matches}?)" if matches else ""))
+            fail(f"video {video!r} is not in {out}" + (f" (did you mean {matches}?)" if matches else ""))
         video = matches[0]
     try:
         picture = figure(store, video, t)
     except (IndexError, StoreError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     output = output or Path(f"{video.rsplit('/', 1)[-1]}-t{t}.png")
     output.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(output), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
-        _fail(f"{output}: cannot write the PNG")
+        fail(f"{output}: cannot write the PNG")
     click.echo(f"wrote {output}")
 
 
@@ -343,7 +320,7 @@ def data(pipeline_file: Path, data_root: Path | None) -> None:
         prepare(pipeline, log=lambda line: click.echo(line, err=True))
         pipeline.check_present()
     except PipelineError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     click.echo(f"{pipeline.name}: videos in {pipeline.videos}, splits in {pipeline.splits}")
 
 
@@ -357,7 +334,7 @@ def splits(pipeline_file: Path, data_root: Path | None, store: Path | None) -> N
     splits name that are missing from the store (or the videos folder)."""
     pipeline = _load_pipeline(pipeline_file, data_root)
     if not pipeline.splits.is_dir():
-        _fail(pipeline.missing_message())
+        fail(pipeline.missing_message())
     store = store or (pipeline.out if pipeline.out.is_dir() else None)
     if store is not None:
         flow_store = _open(store)
@@ -397,9 +374,19 @@ def synth(out: Path, motion_classes: int, appearance_classes: int, clips_per_cla
                           clips_per_class=clips_per_class, frames=frames, width=width, height=height,
                           seed=seed)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     total = (motion_classes + appearance_classes) * clips_per_class
     with click.progressbar(length=total, label="clips", file=sys.stderr, show_pos=True) as bar:
         summary = write_dataset(out, cfg, on_clip=lambda: bar.update(1))
     click.echo(f"wrote {total} clips of {len(summary['classes'])} classes to {out}/videos "
                f"({summary['train']} train, {summary['test']} test in {out}/splits)")
+
+
+def _add_file_commands() -> None:
+    from flowprep.cli_files import export_command, import_command
+
+    main.add_command(import_command)
+    main.add_command(export_command)
+
+
+_add_file_commands()

@@ -9,6 +9,10 @@ decoding rescales back to float32 pixels. Two ways to rescale:
 * ``bound="adaptive"``: each component of each field is mapped from its own [min, max] to [0, 255]
   and min/max are kept in the record (the paper's "linearly rescaled"). Nothing is clipped.
 
+The second mode is a plain linear range (level 0 → lo, level 255 → hi); ``flowprep import`` uses it
+for other tools' flow JPEGs, stored byte for byte, with lo/hi set from their bound and zero level
+(:func:`linear_range`).
+
 A flow record is a 28-byte header followed by the two JPEG streams::
 
     b"FL" | version u8 (1) | mode u8 (0 fixed, 1 adaptive)
@@ -28,6 +32,7 @@ HEADER = struct.Struct("<2sBBffffII")
 MAGIC = b"FL"
 VERSION = 1
 FIXED, ADAPTIVE = 0, 1
+LINEAR = ADAPTIVE  # levels 0..255 spread linearly over [lo, hi]: per field (adaptive) or store-wide (imported)
 
 
 class RecordError(ValueError):
@@ -92,7 +97,7 @@ def encode_flow(flow: np.ndarray, bound: float | str, quality: int) -> bytes:
     return HEADER.pack(MAGIC, VERSION, mode, x_lo, x_hi, y_lo, y_hi, len(jx), len(jy)) + jx + jy
 
 
-def _affine(mode: int, lo: float, hi: float) -> tuple[float, float]:
+def level_affine(mode: int, lo: float, hi: float) -> tuple[float, float]:
     """(a, b) with pixels = a·level + b for one component (level 128 gives exactly 0 in the fixed mode)."""
     if mode == FIXED:
         a = hi / 127.0
@@ -105,13 +110,22 @@ def level_values(a: float, b: float) -> np.ndarray:
     return (a * np.arange(256, dtype=np.float64) + b).astype(np.float32)
 
 
-def flow_levels(record: bytes | memoryview) -> tuple[np.ndarray, np.ndarray, tuple[float, float], tuple[float, float]]:
-    """dx and dy as decoded grey levels (uint8 H×W each) and, per component, (a, b) with pixels = a·level + b.
+def linear_range(bound: float, zero_level: float) -> tuple[float, float]:
+    """(lo, hi) in pixels of levels 0 and 255 for a tool that maps ±``bound`` pixels onto [0, 255] with
+    0 px at grey level ``zero_level``: d = (level − zero_level) · 2·bound/255. 127.5 is the map of
+    TSN's dense_flow and denseflow (round(255·(d + B)/2B)); 127 that of mmcv's quantize_flow."""
+    step = 2.0 * float(bound) / 255.0
+    return -zero_level * step, (255.0 - zero_level) * step
 
-    For callers that crop or rescale before converting to float (trainer/inputs.py): they convert only the
-    pixels they keep. In the fixed mode the levels are clamped to [1, 255] (JPEG can return 0), so the
-    affine map alone gives the clipped value, and the mean of a field is a·mean(levels) + b.
-    """
+
+def pack_flow_jpegs(jpeg_x: bytes, jpeg_y: bytes, lo: float, hi: float) -> bytes:
+    """A flow record around two existing grey JPEGs (the bytes are kept exactly), in the linear mode."""
+    return HEADER.pack(MAGIC, VERSION, LINEAR, lo, hi, lo, hi, len(jpeg_x), len(jpeg_y)) + jpeg_x + jpeg_y
+
+
+def unpack_flow_record(record: bytes | memoryview) -> tuple[int, tuple[float, float], tuple[float, float],
+                                                            memoryview, memoryview]:
+    """(mode, (x_lo, x_hi), (y_lo, y_hi), jpeg_x, jpeg_y) of a flow record, without decoding."""
     if len(record) < HEADER.size:
         raise RecordError("flow record shorter than its header")
     magic, version, mode, x_lo, x_hi, y_lo, y_hi, nx, ny = HEADER.unpack_from(record)
@@ -120,14 +134,26 @@ def flow_levels(record: bytes | memoryview) -> tuple[np.ndarray, np.ndarray, tup
     if HEADER.size + nx + ny != len(record):
         raise RecordError(f"flow record is {len(record)} bytes, header says {HEADER.size + nx + ny}")
     data = memoryview(record)
-    qx = _unjpeg(data[HEADER.size:HEADER.size + nx], cv2.IMREAD_GRAYSCALE)
-    qy = _unjpeg(data[HEADER.size + nx:], cv2.IMREAD_GRAYSCALE)
+    return mode, (x_lo, x_hi), (y_lo, y_hi), data[HEADER.size:HEADER.size + nx], data[HEADER.size + nx:]
+
+
+def flow_levels(record: bytes | memoryview) -> tuple[np.ndarray, np.ndarray, tuple[float, float], tuple[float, float]]:
+    """dx and dy as decoded grey levels (uint8 H×W each) and, per component, (a, b) with pixels = a·level + b.
+
+    For callers that crop or rescale before converting to float (trainer/inputs.py): they convert only the
+    pixels they keep. In the fixed mode the levels are clamped to [1, 255] (JPEG can return 0), so the
+    affine map alone gives the clipped value, and the mean of a field is a·mean(levels) + b. A 3-channel
+    JPEG (some tools write grey flow that way) is read as its luma, which is the grey value.
+    """
+    mode, (x_lo, x_hi), (y_lo, y_hi), jpeg_x, jpeg_y = unpack_flow_record(record)
+    qx = _unjpeg(jpeg_x, cv2.IMREAD_GRAYSCALE)
+    qy = _unjpeg(jpeg_y, cv2.IMREAD_GRAYSCALE)
     if qx.shape != qy.shape:
         raise RecordError(f"dx is {qx.shape}, dy is {qy.shape}")
     if mode == FIXED:
         cv2.max(qx, 1, dst=qx)
         cv2.max(qy, 1, dst=qy)
-    return qx, qy, _affine(mode, x_lo, x_hi), _affine(mode, y_lo, y_hi)
+    return qx, qy, level_affine(mode, x_lo, x_hi), level_affine(mode, y_lo, y_hi)
 
 
 def decode_flow_components(record: bytes | memoryview) -> tuple[np.ndarray, np.ndarray]:

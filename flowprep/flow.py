@@ -14,6 +14,7 @@ fixed-point iterations with an SOR inner solver, warping at every level), starti
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -60,8 +61,8 @@ class FlowMethod:
             size = min(self.max_batch, len(firsts) - start)
             try:
                 flows = self.compute_batch(np.stack(firsts[start:start + size]), np.stack(seconds[start:start + size]))
-            except _OOM_ERRORS:
-                if size == 1:
+            except Exception as exc:
+                if size == 1 or not _is_gpu_oom(exc):
                     raise
                 self.max_batch = max(1, size // 2)
                 _release_gpu_memory()
@@ -71,16 +72,11 @@ class FlowMethod:
         return out
 
 
-def _oom_errors() -> tuple[type[BaseException], ...]:
-    try:
-        import torch
-
-        return (torch.cuda.OutOfMemoryError,)
-    except (ImportError, AttributeError):
-        return ()
-
-
-_OOM_ERRORS = _oom_errors()
+def _is_gpu_oom(exc: Exception) -> bool:
+    """A CUDA out-of-memory error of torch (only batched torch methods raise one: torch is loaded then;
+    the check must not import torch, which costs every `flowprep` command 1.5 s)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)
 
 
 def _release_gpu_memory() -> None:

@@ -49,9 +49,40 @@ class ExtractSettings:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ImportSettings:
+    """What every video of an imported store was brought in with (``OUT/flowprep.json`` holds
+    ``{"imported": ...}``). ``bound`` (pixels) and ``zero_level`` (grey level of 0 px) are how the
+    other tool mapped flow to [0, 255]; ``flow_algo`` what it computed (recorded, not run); ``streams``:
+    ("rgb", "flow"), ("rgb",) or ("flow",)."""
+
+    layout: str
+    bound: float = 20.0
+    zero_level: float = 127.5
+    flow_algo: str = "tvl1"
+    streams: tuple[str, ...] = ("rgb", "flow")
+
+    def __post_init__(self) -> None:
+        bound = parse_bound(self.bound)
+        if bound == "adaptive":
+            raise ValueError("--bound of imported flow must be a number of pixels")
+        object.__setattr__(self, "bound", bound)
+        if not 0 <= self.zero_level <= 255:
+            raise ValueError(f"--zero-level must be a grey level in 0..255, got {self.zero_level}")
+        if self.flow_algo not in ALGORITHMS:
+            raise ValueError(f"--flow-algo must be one of {', '.join(ALGORITHMS)}, got {self.flow_algo!r}")
+        object.__setattr__(self, "streams", tuple(self.streams))
+
+    def to_dict(self) -> dict:
+        return {"imported": {**asdict(self), "streams": list(self.streams)}}
+
+
 def video_settings(meta: dict) -> dict:
-    """The settings (as :meth:`ExtractSettings.to_dict`) one stored video was extracted with, from its
-    metadata: ``flow_params`` are the parameters that differ from its implementation's defaults."""
+    """The settings (as :meth:`ExtractSettings.to_dict` or :meth:`ImportSettings.to_dict`) one stored
+    video was made with, from its metadata: ``flow_params`` are the parameters that differ from its
+    implementation's defaults."""
+    if "imported" in meta:
+        return {"imported": meta["imported"]}
     flow = meta["flow"]
     try:
         defaults = implementation_defaults(flow["implementation"])
@@ -79,6 +110,8 @@ def _differences(have: dict, want: dict) -> list[str]:
 
 def video_mismatches(meta: dict, settings: dict) -> list[str]:
     """How one video's metadata disagrees with the store's settings (empty: it agrees)."""
+    if "imported" in meta or "imported" in settings:
+        return _import_differences(video_settings(meta), settings)
     try:
         mine = video_settings(meta)
         store = {**ExtractSettings().to_dict(), **settings}
@@ -94,6 +127,15 @@ def video_mismatches(meta: dict, settings: dict) -> list[str]:
         return [f"metadata lacks or garbles a setting ({type(exc).__name__}: {exc})"]
 
 
+def _import_differences(have: dict, want: dict) -> list[str]:
+    """Differences between two settings of which at least one is an import's."""
+    if ("imported" in have) != ("imported" in want):
+        return [f"{'imported files' if 'imported' in have else 'extracted flow'} "
+                f"({'imported files' if 'imported' in want else 'extracted flow'})"]
+    a, b = have["imported"], want["imported"]
+    return [f"{key}={a.get(key)!r} ({b.get(key)!r})" for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
+
+
 def rebuild_settings(metas: Iterable[dict], where: Path) -> dict | None:
     """The store's settings from its videos' metadata (None: no video); StoreError if they disagree."""
     first_video, first = None, None
@@ -102,13 +144,15 @@ def rebuild_settings(metas: Iterable[dict], where: Path) -> dict | None:
         if first is None:
             first_video, first = meta["video"], mine
         elif mine != first:
+            diff = (_import_differences(mine, first) if "imported" in mine or "imported" in first
+                    else _differences(mine, first))
             raise StoreError(f"{where}: {SETTINGS_FILE} is missing and the stored videos disagree: "
-                             f"{meta['video']} has {', '.join(_differences(mine, first))} "
+                             f"{meta['video']} has {', '.join(diff)} "
                              f"(values in parentheses: {first_video}); extract into a new folder")
     return first
 
 
-def check_settings(out: Path, settings: ExtractSettings, metas: Iterable[dict]) -> str | None:
+def check_settings(out: Path, settings: ExtractSettings | ImportSettings, metas: Iterable[dict]) -> str | None:
     """Refuse to mix settings in one store. Call with the store's lock held. Writes the settings on the
     first run; where the file is missing from a store that has videos, rebuilds it from ``metas`` (the
     stored videos' metadata) first. Returns a note to show the user, or None."""
@@ -117,10 +161,12 @@ def check_settings(out: Path, settings: ExtractSettings, metas: Iterable[dict]) 
     note = None
     if path.exists():
         try:
-            have = {**ExtractSettings().to_dict(), **read_json(path, "settings file")}
-        except StoreError as exc:
+            have = read_json(path, "settings file")
+            if "imported" not in have:
+                have = {**ExtractSettings().to_dict(), **have}
+                have["bound"] = parse_bound(have["bound"])
+        except (StoreError, ValueError) as exc:
             raise StoreError(f"{exc}; delete it so that it is rebuilt from the videos' metadata") from None
-        have["bound"] = parse_bound(have["bound"])
     else:
         have = rebuild_settings(metas, out)
         if have is None:
@@ -128,6 +174,12 @@ def check_settings(out: Path, settings: ExtractSettings, metas: Iterable[dict]) 
             return None
         write_json_atomic(path, have)
         note = f"{path} was missing: rebuilt from the stored videos' metadata"
+    if "imported" in have or "imported" in wanted:
+        diff = _import_differences(have, wanted)
+        if diff:
+            raise StoreError(f"{out} was made with other settings: {', '.join(diff)} (this run's in "
+                             "parentheses); use the same flags or another output folder")
+        return note
     diff = _differences(have, wanted)
     if diff:
         raise StoreError(f"{out} was extracted with other settings: {', '.join(diff)} (this run's in parentheses); "

@@ -117,7 +117,15 @@ class ShardWriter:
     def put_video(self, video: str, records: Sequence[tuple[bytes, bytes]], meta: dict) -> None:
         """Commit all ``records`` of ``video`` and then its metadata (with the records' checksums) in one
         transaction. A write that fails (a full disk) raises StoreError; nothing of the video is kept."""
-        payload = sum(len(k) + len(v) for k, v in records)
+        self.put_videos([(video, records, meta)])
+
+    def put_videos(self, videos: Sequence[tuple[str, Sequence[tuple[bytes, bytes]], dict]]) -> None:
+        """Commit several whole videos (id, records, metadata) in one transaction: all of them or none.
+        For many small videos (``flowprep import``), where a commit's flush to disk costs more than
+        writing a video."""
+        if not videos:
+            return
+        payload = sum(len(k) + len(v) for _, records, _ in videos for k, v in records)
         env, dbs = open_env(self.shard_path, write=True)
         with env.begin() as txn:
             holds_videos = txn.stat(dbs[b"meta"])["entries"] > 0
@@ -125,13 +133,15 @@ class ShardWriter:
             close_env(self.shard_path)
             self._index += 1
             env, dbs = open_env(self.shard_path, write=True)
-        meta_value = json.dumps({**meta, "crc32": record_checksums(records)}, sort_keys=True).encode()
+        metas = [json.dumps({**meta, "crc32": record_checksums(records)}, sort_keys=True).encode()
+                 for _, records, meta in videos]
         while True:
             try:
                 with env.begin(write=True) as txn:
-                    for key, value in records:
-                        txn.put(key, value, db=dbs[b"data"])
-                    txn.put(video.encode(), meta_value, db=dbs[b"meta"])
+                    for (video, records, _), meta_value in zip(videos, metas, strict=True):
+                        for key, value in records:
+                            txn.put(key, value, db=dbs[b"data"])
+                        txn.put(video.encode(), meta_value, db=dbs[b"meta"])
                 break
             except lmdb.MapFullError:
                 grown = max(2 * env.info()["map_size"], self._used_bytes(env) + 2 * payload + (64 << 20))
@@ -139,7 +149,7 @@ class ShardWriter:
             except lmdb.Error as exc:
                 close_env(self.shard_path)  # a failed commit can leave the handle unusable
                 self._raise_write_error(exc, payload)
-        self.complete.add(video)
+        self.complete.update(video for video, _, _ in videos)
 
     def metas(self) -> Iterator[dict]:
         """Metadata of every stored video (for rebuilding a lost ``flowprep.json``)."""
@@ -365,6 +375,12 @@ def decode_records(store, video: str, kind: str, ts: Sequence[int], decode: Call
         except RecordError as exc:
             raise CorruptRecordError(f"{video}: {kind} record {t} in {store.root} does not decode ({exc})") from None
     return out
+
+
+def video_streams(meta: dict) -> list[str]:
+    """The streams a stored video has: ["rgb", "flow"], or one of them for an imported RGB-only or
+    flow-only video (extracted videos always have both)."""
+    return list(meta.get("streams", ("rgb", "flow")))
 
 
 def read_json(path: Path, what: str) -> dict:

@@ -76,7 +76,7 @@ def test_lost_settings_file_is_rebuilt_and_other_flags_are_refused(store: Path, 
     edit_shard(store / "shard-00000.lmdb", rewrite_bound)
     result = flowprep("verify", store)
     assert result.returncode == 1
-    assert "problem: clip_a: extracted with bound=5.0 (20.0) (values in parentheses: flowprep.json)" in result.stdout
+    assert "problem: clip_a: made with bound=5.0 (20.0) (values in parentheses: flowprep.json)" in result.stdout
     (store / "flowprep.json").unlink()
     mixed = flowprep("extract", video_dir, store, *FAST, "--algo", "dis")
     assert mixed.returncode == 2 and "the stored videos disagree" in one_line(mixed)

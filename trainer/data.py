@@ -16,7 +16,7 @@ import torch
 
 from flowprep.pipeline import load_pipeline
 from flowprep.splits import match_videos, read_split
-from flowprep.store import FlowStore, StoreError
+from flowprep.store import FlowStore, StoreError, video_streams
 from trainer.config import Config
 from trainer.inputs import InputSpec, PackedInput, VideoEntry
 
@@ -74,6 +74,7 @@ def open_datasets(cfg: Config) -> list[TrainingSet]:
         except StoreError as exc:
             raise damaged(ds.name, store, exc) from None
 
+        _check_streams(ds.name, store_path, cfg.data.stream, metas)
         train, test = (
             [VideoEntry(v.video, v.label, metas[v.video]["num_frames"], metas[v.video]["num_flows"],
                         metas[v.video]["num_backward"]) for v in videos]
@@ -89,6 +90,18 @@ def open_datasets(cfg: Config) -> list[TrainingSet]:
                                matched.report(str(store_path)) if matched.missing else "",
                                {key: first[key] for key in ("flow", "bound", "quality", "rgb_quality", "short_side")}))
     return out
+
+
+def _check_streams(dataset: str, store_path: str, stream: str, metas: dict[str, dict]) -> None:
+    """Refuse a stream the store lacks (an imported RGB-only or flow-only store) in one line."""
+    need = "rgb" if stream == "spatial" else "flow"
+    lacking = [video for video, meta in metas.items() if need not in video_streams(meta)]
+    if lacking:
+        held = " + ".join(video_streams(metas[lacking[0]])) or "nothing"
+        raise DataError(f"dataset {dataset}: {store_path} holds no {'RGB frames' if need == 'rgb' else 'flow'} "
+                        f"({len(lacking)} of {len(metas)} videos have {held} only, e.g. {lacking[0]}); a {stream} "
+                        f"net needs {'them' if need == 'rgb' else 'it'}: import {'them' if need == 'rgb' else 'it'} "
+                        "too, or train the other stream")
 
 
 # ---------------------------------------------------------------------------------------------

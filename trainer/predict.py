@@ -83,6 +83,7 @@ def recorded_flow_method(flow: dict, allow_other: bool = False) -> tuple[FlowMet
             why = f"{method.implementation} would run instead"
     else:
         why = ("this OpenCV has no CUDA" if implementation == "opencv-cuda-brox"
+               else "another tool computed it; flowprep imported its files" if implementation.startswith("imported")
                else "this version of flowprep does not know it")
     fallback = create_flow(algo)
     if not allow_other:
@@ -130,8 +131,8 @@ def predict(video: str | os.PathLike, spatial: str | None, temporal: str | None,
     method, description = None, "-"
     if "temporal" in nets:
         method, description = recorded_flow_method(flow, allow_other_flow)
-    store = ClipStore(frames, method, store_meta["bound"], int(store_meta.get("quality", 90)),
-                      int(store_meta.get("rgb_quality", 90)))
+    store = ClipStore(frames, method, store_meta["bound"], int(store_meta.get("quality") or 90),
+                      int(store_meta.get("rgb_quality") or 90))  # None: imported files, quality unknown
     bidirectional = "temporal" in nets and nets["temporal"].cfg.data.bidirectional
     entry = VideoEntry(str(video), -1, len(frames), len(frames) - 1, len(frames) - 1 if bidirectional else 0)
     per_stream = {name: _scores(net, store, entry, heads[name]) for name, net in nets.items()}

@@ -1,0 +1,151 @@
+"""``flowprep import`` and ``flowprep export``: parse arguments, call :mod:`flowprep.importer` and
+:mod:`flowprep.exporter`."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+import click
+
+from flowprep.cli_common import fail, human_bytes, parse_size
+from flowprep.exporter import ExportReport, run_export
+from flowprep.extract import ExtractReport
+from flowprep.flow import ALGORITHMS
+from flowprep.importer import run_import
+from flowprep.layouts import LAYOUTS, LayoutError, detect_layout, find_video_folders
+from flowprep.settings import ImportSettings
+from flowprep.store import StoreError
+
+STREAMS = {"auto": None, "both": ("rgb", "flow"), "rgb": ("rgb",), "flow": ("flow",)}
+
+
+@click.command(name="import")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--layout", type=click.Choice(["auto", *LAYOUTS]), default="auto", show_default=True,
+              help="File names of the tool that wrote SOURCE: mmaction (img_00001, x_00001, y_00001), tsn "
+                   "(img_00001, flow_x_00001, flow_y_00001), denseflow (img_00000, flow_x_00000, 0-based), "
+                   "uv (SOURCE/u/<video>/frame000001.jpg, SOURCE/v/..., RGB in --rgb DIR); auto: from the files.")
+@click.option("--rgb", "rgb_tree", type=click.Path(path_type=Path), default=None,
+              help="RGB frames are in this tree (same <class>/<video> folders) rather than beside the flow.")
+@click.option("--streams", type=click.Choice(list(STREAMS)), default="auto", show_default=True,
+              help="What to import; auto: whatever the tree holds (RGB, flow or both).")
+@click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+              help="Pixels the other tool mapped onto [0,255] as ±BOUND (denseflow's default: 20; some "
+                   "scripts use 15 or 32). The files are kept as they are; this says what they mean.")
+@click.option("--zero-level", type=click.FloatRange(0, 255), default=127.5, show_default=True,
+              help="Grey level of 0 px: 127.5 for TSN dense_flow and denseflow (round(255·(d+B)/2B)), "
+                   "127 for mmcv's quantize_flow.")
+@click.option("--flow-algo", type=click.Choice(ALGORITHMS), default="tvl1", show_default=True,
+              help="The algorithm the other tool ran (recorded; `trainer predict` needs it).")
+@click.option("--trim-rgb", is_flag=True,
+              help="Where a video has more RGB frames than flow fields + 1, keep only the first fields + 1 frames "
+                   "(otherwise such a video is a failure).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Reader threads (files are read and checked, not decoded). More help where files are slow to "
+                   "reach (a cold cache, a network disk); with a warm cache one is fastest (bench/import.py).")
+@click.option("--shard-size", default="8GB", show_default=True,
+              help="Start a new shard-NNNNN.lmdb once a shard holds this much.")
+def import_command(source: Path, out: Path, layout: str, rgb_tree: Path | None, streams: str, bound: float,
+                   zero_level: float, flow_algo: str, trim_rgb: bool, workers: int, shard_size: str) -> None:
+    """Import frames and flow that another tool extracted as JPEG files (a folder per video) into the
+    store OUT, byte for byte: no decoding, no second JPEG loss.
+
+    A video's id is its folder's path under SOURCE (<class>/<video>), as `flowprep extract` names
+    videos. A video of N frames must have N-1 flow fields (N fields: the last is dropped, and said);
+    gaps, a missing dx or dy, a truncated or non-JPEG file, or frames of different sizes make the video
+    a failure, listed at the end (exit status 1) and in OUT/failures.json. Running the same command
+    again resumes.
+    """
+    for tree in (source, rgb_tree):
+        if tree is not None and not tree.is_dir():
+            fail(f"{tree}: no such folder")
+    try:
+        chosen = LAYOUTS[layout] if layout != "auto" else detect_layout(source, rgb_tree)
+        found, videos = find_video_folders(source, chosen, rgb_tree, STREAMS[streams])
+        settings = ImportSettings(chosen.name, bound, zero_level, flow_algo, found)
+    except (LayoutError, ValueError) as exc:
+        fail(str(exc))
+    with ExitStack() as stack:
+        bar = None
+
+        def on_start(todo: int, skipped: int) -> None:
+            nonlocal bar
+            click.echo(f"{todo} videos to import ({skipped} already in {out}), {chosen.name} layout, "
+                       f"{' + '.join(settings.streams)}, {workers} reader(s)", err=True)
+            bar = stack.enter_context(click.progressbar(
+                length=todo, label="videos", file=sys.stderr, show_pos=True, show_eta=True,
+                item_show_func=lambda text: text))
+
+        def on_progress(done: int, report: ExtractReport) -> None:
+            rate = report.pairs / report.seconds if report.seconds else 0.0
+            bar.update(1, f"{rate:.0f} fields/s, {len(report.failures)} failed")
+
+        try:
+            report = run_import(source, out, chosen, settings, rgb_tree, workers, parse_size(shard_size),
+                                on_start, on_progress, videos, trim_rgb)
+        except (LayoutError, StoreError, ValueError) as exc:
+            fail(str(exc))
+    for note in report.notes[:20]:
+        click.echo(f"note: {note}", err=True)
+    if len(report.notes) > 20:
+        click.echo(f"note: ... and {len(report.notes) - 20} more (each video's metadata keeps its notes)", err=True)
+    rate = report.pairs / report.seconds if report.seconds else 0.0
+    click.echo(f"stored {report.stored} videos ({report.pairs} flow fields, {human_bytes(report.bytes)}) in "
+               f"{report.seconds:.1f} s, {rate:.0f} fields/s; skipped {report.skipped} already complete; "
+               f"failed {len(report.failures)}", err=True)
+    for failure in report.failures:
+        click.echo(f"  failed: {failure.path}: {failure.reason}", err=True)
+    if report.interrupted:
+        click.echo("interrupted: run the same command again to resume", err=True)
+        sys.exit(130)
+    if report.failures:
+        sys.exit(1)
+
+
+@click.command(name="export")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--layout", type=click.Choice(list(LAYOUTS)), required=True,
+              help="File names to write (see `flowprep import --help`); uv writes OUT/u, OUT/v and RGB in OUT/rgb.")
+@click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Pixels the target tool reads [0,255] as ±BOUND [default: the imported files' own bound, "
+                   "else the store's].")
+@click.option("--zero-level", type=click.FloatRange(0, 255), default=None,
+              help="Grey level of 0 px the target tool reads [default: the imported files' own, else 127.5].")
+@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True,
+              help="JPEG quality of flow fields whose levels must be mapped anew (not of files kept as they are).")
+@click.option("--video", "videos", multiple=True, help="Export only this video id (repeatable).")
+def export_command(store: Path, out: Path, layout: str, bound: float | None, zero_level: float | None,
+                   quality: int, videos: tuple[str, ...]) -> None:
+    """Write the videos of STORE into OUT as another tool's files: a folder per video (OUT/<class>/<video>)
+    of RGB frames and dx/dy flow JPEGs. Imported videos come back byte for byte; flow whose levels mean
+    other pixels than the target's (stores made by `flowprep extract`: 0 px at level 128) is mapped onto
+    the target's levels and encoded again. Backward flow is not exported. OUT must be empty or an
+    earlier export with the same options, which the same command resumes."""
+    with ExitStack() as stack:
+        bar = None
+
+        def on_start(todo: int, skipped: int) -> None:
+            nonlocal bar
+            click.echo(f"{todo} videos to export ({skipped} already in {out}), {layout} layout", err=True)
+            bar = stack.enter_context(click.progressbar(length=todo, label="videos", file=sys.stderr,
+                                                        show_pos=True, show_eta=True))
+
+        def on_progress(done: int, report: ExportReport) -> None:
+            bar.update(1)
+
+        try:
+            report = run_export(store, out, LAYOUTS[layout], bound, zero_level, quality, list(videos) or None,
+                                on_start, on_progress)
+        except (StoreError, ValueError) as exc:
+            fail(str(exc))
+    again = (f"; {report.reencoded} flow fields mapped onto the target's levels and encoded again (quality "
+             f"{quality})" if report.reencoded else "")
+    click.echo(f"exported {report.exported} videos ({report.files} files, {human_bytes(report.bytes)}) in "
+               f"{report.seconds:.1f} s; skipped {report.skipped} already exported{again}", err=True)
+    if layout == "uv":
+        click.echo(f"RGB frames are in {out / 'rgb'}: import with `flowprep import {out} STORE --rgb {out / 'rgb'}`",
+                   err=True)

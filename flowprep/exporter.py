@@ -1,0 +1,173 @@
+"""``flowprep export``: a store written back as another tool's files (for tools that read only files).
+
+RGB records are JPEG files already and are written byte for byte. A flow record's two JPEGs are
+written byte for byte where their levels already mean what the target tool reads (bound and zero
+level: an imported store exported with its own settings gives back the imported files exactly);
+otherwise, as for stores made by ``flowprep extract`` (0 px at level 128, step bound/127), each
+component's levels are mapped onto the target's and encoded again, and the report counts them.
+
+Each video is written into a staging folder and renamed into place, so a video's folder is complete
+or absent; a killed run resumes where it stopped. Backward flow is not exported (no layout has it).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from flowprep.codec import FIXED, LINEAR, level_affine, level_values, linear_range, unpack_flow_record
+from flowprep.layouts import Layout
+from flowprep.lock import FolderBusyError, FolderLock
+from flowprep.store import FlowStore, StoreError, read_json, video_streams, write_json_atomic
+
+EXPORT_FILE = ".flowprep-export.json"
+_STAGING = ".flowprep-export-tmp"
+
+
+@dataclass
+class ExportReport:
+    total: int = 0
+    exported: int = 0
+    skipped: int = 0
+    files: int = 0
+    bytes: int = 0
+    reencoded: int = 0  # flow fields whose levels were mapped onto the target's and encoded again
+    seconds: float = 0.0
+
+
+def default_mapping(store: FlowStore) -> tuple[float, float]:
+    """(bound, zero level) to export with: the imported files' own, else the store's bound and 127.5."""
+    settings = store.settings()
+    if "imported" in settings:
+        return float(settings["imported"]["bound"]), float(settings["imported"]["zero_level"])
+    bound = settings.get("bound", 20.0)
+    return (float(bound) if bound != "adaptive" else 20.0), 127.5
+
+
+def _folders(out: Path, layout: Layout, video: str, streams: list[str]) -> dict[str, Path]:
+    """Final folder of each role (rgb, x, y) of one video, for the streams it has."""
+    roles = (["rgb"] if "rgb" in streams else []) + (["x", "y"] if "flow" in streams else [])
+    if layout.uv:
+        where = {"rgb": out / "rgb" / video, "x": out / "u" / video, "y": out / "v" / video}
+        return {role: where[role] for role in roles}
+    return dict.fromkeys(roles, out / video)
+
+
+def _target_levels(record: memoryview, lo: float, hi: float, quality: int) -> tuple[bytes, bytes, bool]:
+    """dx and dy JPEGs whose levels mean pixels as level 0 → lo, 255 → hi; True if encoded again."""
+    mode, x_range, y_range, jx, jy = unpack_flow_record(record)
+    if mode == LINEAR and all(abs(a - b) < 1e-4 for a, b in zip(x_range + y_range, (lo, hi, lo, hi), strict=True)):
+        return bytes(jx), bytes(jy), False
+    out = []
+    for (r_lo, r_hi), jpeg in ((x_range, jx), (y_range, jy)):
+        levels = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
+        if levels is None:
+            raise StoreError("a flow record does not decode")
+        if mode == FIXED:
+            cv2.max(levels, 1, dst=levels)
+        pixels = level_values(*level_affine(mode, r_lo, r_hi))
+        lut = np.clip(np.rint((pixels - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+        ok, buf = cv2.imencode(".jpg", cv2.LUT(levels, lut), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        out.append(buf.tobytes())
+    return out[0], out[1], True
+
+
+def _write_video(store: FlowStore, video: str, layout: Layout, staging: Path, lo: float, hi: float,
+                 quality: int, report: ExportReport) -> dict[str, Path]:
+    """Write one video's files under ``staging``, one folder per final folder; {role: staged folder}."""
+    meta = store.meta(video)
+    streams = video_streams(meta)
+    staged = {role: staging / (role if layout.uv else "all") for role in _folders(staging, layout, video, streams)}
+    for folder in set(staged.values()):
+        folder.mkdir(parents=True, exist_ok=True)
+    if "rgb" in streams:
+        for t, data in enumerate(store.records(video, "rgb", range(meta["num_frames"]))):
+            (staged["rgb"] / layout.file_name("rgb", t)).write_bytes(data)
+            report.files += 1
+            report.bytes += len(data)
+    if "flow" in streams:
+        for t, record in enumerate(store.records(video, "flow", range(meta["num_flows"]))):
+            jx, jy, again = _target_levels(memoryview(record), lo, hi, quality)
+            (staged["x"] / layout.file_name("x", t)).write_bytes(jx)
+            (staged["y"] / layout.file_name("y", t)).write_bytes(jy)
+            report.files += 2
+            report.bytes += len(jx) + len(jy)
+            report.reencoded += again
+    return staged
+
+
+def run_export(store_path: str | os.PathLike, out: str | os.PathLike, layout: Layout, bound: float | None = None,
+               zero_level: float | None = None, quality: int = 95, videos: list[str] | None = None,
+               on_start: Callable[[int, int], None] | None = None,
+               on_progress: Callable[[int, ExportReport], None] | None = None) -> ExportReport:
+    """Write the store's videos (all, or ``videos``) into OUT as ``layout``'s files. OUT must be empty or a
+    previous export of the same store with the same options (it then resumes)."""
+    store = FlowStore(store_path)
+    default_bound, default_zero = default_mapping(store)
+    bound = default_bound if bound is None else bound
+    zero_level = default_zero if zero_level is None else zero_level
+    lo, hi = linear_range(bound, zero_level)
+    wanted = sorted(store.videos()) if videos is None else videos
+    for video in wanted:
+        if video not in store:
+            raise StoreError(f"video {video!r} is not in {store.root}")
+    out = Path(out)
+    settings = {"store": str(Path(store_path).resolve()), "layout": layout.name, "bound": bound,
+                "zero_level": zero_level, "quality": quality}
+    try:
+        lock = FolderLock(out, "flowprep export")
+    except FolderBusyError as exc:
+        raise StoreError(str(exc)) from None
+    report = ExportReport(total=len(wanted))
+    start = time.perf_counter()
+    with lock:
+        previous = read_json(out / EXPORT_FILE, "export record")
+        if previous and previous != settings:
+            diff = ", ".join(f"{k}={previous.get(k)!r} ({v!r})" for k, v in settings.items() if previous.get(k) != v)
+            raise StoreError(f"{out} holds an export with other options: {diff} (this run's in parentheses); "
+                             "use the same options or another folder")
+        if not previous and any(p.name not in (".lock", _STAGING) for p in out.iterdir()):
+            raise StoreError(f"{out}: not empty and not an export of flowprep; export into a new folder")
+        write_json_atomic(out / EXPORT_FILE, settings)
+        staging_root = out / _STAGING
+        shutil.rmtree(staging_root, ignore_errors=True)
+        todo = []
+        for video in wanted:
+            finals = set(_folders(out, layout, video, video_streams(store.meta(video))).values())
+            if all(f.is_dir() for f in finals):
+                report.skipped += 1
+            else:
+                for folder in finals:  # a run killed between the renames of one video
+                    shutil.rmtree(folder, ignore_errors=True)
+                todo.append(video)
+        if on_start is not None:
+            on_start(len(todo), report.skipped)
+        for done, video in enumerate(todo, start=1):
+            staging = staging_root / str(done)
+            try:
+                staged = _write_video(store, video, layout, staging, lo, hi, quality, report)
+                for role, final in _folders(out, layout, video, video_streams(store.meta(video))).items():
+                    if staged[role].is_dir():
+                        final.parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(staged[role], final)
+            except OSError as exc:
+                shutil.rmtree(staging_root, ignore_errors=True)
+                what = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+                raise StoreError(f"{exc.filename or out}: {what} exporting {video}; {report.exported} videos are "
+                                 "exported, run the same command again to resume") from None
+            shutil.rmtree(staging, ignore_errors=True)
+            report.exported += 1
+            report.seconds = time.perf_counter() - start
+            if on_progress is not None:
+                on_progress(done, report)
+        shutil.rmtree(staging_root, ignore_errors=True)
+    report.seconds = time.perf_counter() - start
+    return report

@@ -1,0 +1,355 @@
+"""``flowprep import``: frames and flow already extracted by another tool, as files, into a store.
+
+The JPEG bytes are stored as they are (no second loss): an RGB file becomes an RGB record, a pair of
+dx/dy files a flow record whose header gives the other tool's mapping of [0, 255] to pixels
+(:func:`flowprep.codec.linear_range`). Reader threads read and check each video's files (reading
+files releases the GIL; there is nothing to decode); this process is the store's one writer and
+commits whole videos, several to a transaction (never part of one), so a killed run resumes where it
+stopped, as ``extract`` does.
+
+A video of N RGB frames has N − 1 flow fields. Another count, or a gap in the numbering, a missing dx
+or dy, a file that is not a whole JPEG, or frames of different sizes make the video a failure with
+the reason; N fields for N frames (tools that repeat the last field) drop the last one and say so
+in the video's metadata.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from flowprep.codec import linear_range, pack_flow_jpegs
+from flowprep.extract import ExtractReport, Failure, library_versions
+from flowprep.jpeg import JpegError, JpegInfo, jpeg_info
+from flowprep.layouts import Layout, VideoFolders, find_video_folders, scan_folder
+from flowprep.settings import ImportSettings, check_settings
+from flowprep.store import FAILURES_FILE, MAX_KEY_BYTES, ShardWriter, read_failures, record_key, write_json_atomic
+
+# a 3-channel flow file is read as its luma; it must be grey (the same value in each channel) for that
+# to be the flow component. Levels of chroma noise a JPEG of a grey image keeps, at most:
+_GREY_TOLERANCE = 3.0
+# Videos read are committed together, in one transaction, up to this much or this long: a commit
+# flushes to disk (3 ms here, more on network disks), more than a small video takes to read.
+_BATCH_BYTES = 64 << 20
+_BATCH_SECONDS = 1.0
+
+
+class FrameError(Exception):
+    """One video's files cannot be imported; the message names the file and the problem."""
+
+
+@dataclass
+class ImportedVideo:
+    video: str
+    records: list[tuple[bytes, bytes]]
+    meta: dict
+
+
+def _numbered(folder: str, prefix: str, layout: Layout, what: str, scans: dict[str, dict]) -> list[str]:
+    """The file names of one numbered series, in order; FrameError on a gap or another first number.
+    ``scans``: folders listed already (RGB, dx and dy often share one)."""
+    if folder not in scans:
+        try:
+            scans[folder] = scan_folder(folder)
+        except OSError as exc:
+            raise FrameError(f"{folder}: cannot list this folder ({exc.strerror or exc})") from None
+    files = scans[folder].get(prefix, {})
+    if not files:
+        raise FrameError(f"{folder}: no {what} files ({prefix}{'0' * layout.digits}N.jpg)")
+    numbers = sorted(files)
+    if numbers[0] != layout.first:
+        raise FrameError(f"{folder}: {what} files start at {files[numbers[0]]}; the {layout.name} layout "
+                         f"numbers from {layout.first} ({layout.file_name('rgb', 0)})"
+                         + (" - another --layout?" if numbers[0] in (0, 1) else ""))
+    if numbers[-1] - numbers[0] + 1 != len(numbers):
+        have = set(numbers)
+        gap = next(n for n in range(numbers[0], numbers[-1]) if n not in have)
+        raise FrameError(f"{folder}: {what} numbering has a gap: {len(numbers)} files up to "
+                         f"{files[numbers[-1]]}, number {gap} is missing")
+    return [files[n] for n in numbers]
+
+
+def _read_file(path: str) -> bytes:
+    """The bytes of a file, through os.read: a third of the time of open().read() for files of a
+    few KB, which is most of the work of an import."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _read(folder: str, name: str) -> tuple[bytes, JpegInfo]:
+    path = f"{folder}/{name}"
+    try:
+        data = _read_file(path)
+    except OSError as exc:
+        raise FrameError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return data, jpeg_info(data)
+    except JpegError as exc:
+        raise FrameError(f"{path}: {exc}") from None
+
+
+def _check_grey(path: str, data: bytes) -> None:
+    """A 3-channel flow file must hold the same value in each channel (grey saved as colour)."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FrameError(f"{path}: does not decode")
+    spread = float(np.abs(image.astype(np.int16) - image.mean(axis=2, keepdims=True)).mean())
+    if spread > _GREY_TOLERANCE:
+        raise FrameError(f"{path}: a colour image (channels differ by {spread:.1f} levels on average); a flow "
+                         "file must hold one component, grey or the same in all three channels")
+
+
+def _counts(num_rgb: int, num_flow: int, trim_rgb: bool, where: str) -> tuple[int, int, list[str]]:
+    """(RGB frames, flow fields) to keep and notes, from the numbers of files; FrameError if they cannot pair."""
+    if num_rgb == 0 or num_flow == 0:
+        return num_rgb, num_flow, []
+    if num_flow == num_rgb - 1:
+        return num_rgb, num_flow, []
+    if num_flow == num_rgb:
+        return num_rgb, num_flow - 1, [f"{num_flow} flow fields for {num_rgb} frames: the last field (a repeat "
+                                       "the other tool writes) was dropped"]
+    if num_flow < num_rgb - 1 and trim_rgb:
+        return num_flow + 1, num_flow, [f"{num_rgb} frames for {num_flow} flow fields: frames after "
+                                        f"{num_flow + 1} dropped (--trim-rgb)"]
+    if num_flow > num_rgb:
+        raise FrameError(f"{where}: {num_flow} flow fields but only {num_rgb} RGB frames (expected at most "
+                         f"{num_rgb})")
+    raise FrameError(f"{where}: {num_rgb} RGB frames but {num_flow} flow fields (expected {num_rgb - 1}); "
+                     "--trim-rgb keeps only the frames the flow covers")
+
+
+def _list_files(folders: VideoFolders, settings: ImportSettings, layout: Layout, trim_rgb: bool
+                ) -> tuple[list[str], list[str], list[str], list[str]]:
+    """RGB, dx and dy file names to import and notes (the counts reconciled)."""
+    rgb_names: list[str] = []
+    x_names: list[str] = []
+    y_names: list[str] = []
+    rgb_prefix, x_prefix, y_prefix = layout.prefixes
+    scans: dict[str, dict] = {}
+    if "rgb" in settings.streams:
+        if folders.rgb is None:
+            raise FrameError(f"{folders.x}: flow files but no RGB frames for this video in the RGB tree")
+        rgb_names = _numbered(folders.rgb, rgb_prefix, layout, "RGB frame", scans)
+    if "flow" in settings.streams:
+        if folders.x is None or folders.y is None:
+            what = "flow" if folders.x is None and folders.y is None else "dx" if folders.x is None else "dy"
+            raise FrameError(f"{folders.rgb or folders.x or folders.y}: no {what} files for this video")
+        x_names = _numbered(folders.x, x_prefix, layout, "dx", scans)
+        y_names = _numbered(folders.y, y_prefix, layout, "dy", scans)
+        if len(x_names) != len(y_names):
+            longer, folder = (x_names, folders.y) if len(x_names) > len(y_names) else (y_names, folders.x)
+            missing = longer[min(len(x_names), len(y_names))]
+            raise FrameError(f"{folder}: {len(x_names)} dx and {len(y_names)} dy files; the pair of {missing} "
+                             "is missing")
+    num_rgb, num_flow, notes = _counts(len(rgb_names), len(x_names), trim_rgb, folders.rgb or folders.x or "")
+    return rgb_names[:num_rgb], x_names[:num_flow], y_names[:num_flow], notes
+
+
+def import_video(folders: VideoFolders, settings: ImportSettings, layout: Layout, trim_rgb: bool = False
+                 ) -> ImportedVideo:
+    """Read and check one video's files and build its records and metadata. Raises FrameError.
+    ``trim_rgb``: keep only the RGB frames the flow covers where there are more."""
+    if len(record_key(folders.video, "flow", 0)) > MAX_KEY_BYTES:
+        raise FrameError(f"id {folders.video!r} is too long for an LMDB key ({MAX_KEY_BYTES} bytes)")
+    rgb_names, x_names, y_names, notes = _list_files(folders, settings, layout, trim_rgb)
+    records: list[tuple[bytes, bytes]] = []
+    size: tuple[int, int] | None = None
+    size_of = ""
+
+    def check_size(info: JpegInfo, path: str) -> None:
+        nonlocal size, size_of
+        if size is None:
+            size, size_of = (info.width, info.height), path
+        elif (info.width, info.height) != size:
+            raise FrameError(f"{path}: {info.width}x{info.height}, but {size_of} is {size[0]}x{size[1]}")
+
+    rgb_bytes = flow_bytes = 0
+    for t, name in enumerate(rgb_names):
+        data, info = _read(folders.rgb, name)
+        check_size(info, os.path.join(folders.rgb, name))
+        records.append((record_key(folders.video, "rgb", t), data))
+        rgb_bytes += len(data)
+    lo, hi = linear_range(settings.bound, settings.zero_level)
+    for t, (x_name, y_name) in enumerate(zip(x_names, y_names, strict=True)):
+        jx, x_info = _read(folders.x, x_name)
+        jy, y_info = _read(folders.y, y_name)
+        for info, folder, name, data in ((x_info, folders.x, x_name, jx), (y_info, folders.y, y_name, jy)):
+            path = os.path.join(folder, name)
+            check_size(info, path)
+            if info.channels == 3 and t == 0:
+                _check_grey(path, data)
+        record = pack_flow_jpegs(jx, jy, lo, hi)
+        records.append((record_key(folders.video, "flow", t), record))
+        flow_bytes += len(record)
+    width, height = size
+    meta = {
+        "video": folders.video,
+        "source": {kind: os.path.abspath(folder) for kind, folder in
+                   (("rgb", folders.rgb), ("x", folders.x), ("y", folders.y)) if folder is not None},
+        "num_frames": len(rgb_names),
+        "num_flows": len(x_names),
+        "num_backward": 0,
+        "streams": list(settings.streams),
+        "width": width,
+        "height": height,
+        "source_width": width,
+        "source_height": height,
+        "header_frames": None,
+        "fps": None,
+        "flow": {"algo": settings.flow_algo, "implementation": f"imported from {layout.name} files", "params": {}},
+        "bound": settings.bound,
+        "quality": None,
+        "rgb_quality": None,
+        "short_side": min(width, height),
+        "imported": settings.to_dict()["imported"],
+        "import_notes": notes,
+        "rgb_bytes": rgb_bytes,
+        "flow_bytes": flow_bytes,
+        "versions": library_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return ImportedVideo(folders.video, records, meta)
+
+
+def _work(folders: VideoFolders, settings: ImportSettings, layout: Layout, trim_rgb: bool) -> ImportedVideo | Failure:
+    where = folders.x or folders.rgb or folders.y or ""
+    try:
+        return import_video(folders, settings, layout, trim_rgb)
+    except FrameError as exc:  # the failure names the video's folder; its reason, the file in it
+        return Failure(folders.video, where, str(exc).removeprefix(f"{where}: ").replace(where + os.sep, ""))
+    except Exception as exc:  # noqa: BLE001 - one bad video must not end a dataset-wide run
+        return Failure(folders.video, where, f"{type(exc).__name__}: {exc}")
+
+
+def _results(todo: list[VideoFolders], settings: ImportSettings, layout: Layout, readers: int, trim_rgb: bool
+             ) -> Iterator[ImportedVideo | Failure | None]:
+    """Imported videos in completion order, from ``readers`` threads, at most 2 per thread in memory
+    (0: read in this thread); None where no video was read for a while."""
+    if readers == 0:
+        for folders in todo:
+            yield _work(folders, settings, layout, trim_rgb)
+        return
+    with ThreadPoolExecutor(readers, thread_name_prefix="flowprep-import") as pool:
+        pending: set[Future] = set()
+        queue = iter(todo)
+        try:
+            while True:
+                for folders in queue:
+                    pending.add(pool.submit(_work, folders, settings, layout, trim_rgb))
+                    if len(pending) >= 2 * readers:
+                        break
+                if not pending:
+                    return
+                done, pending = wait(pending, timeout=_BATCH_SECONDS, return_when=FIRST_COMPLETED)
+                if not done:
+                    yield None  # readers are slow (a stuck file, a slow disk): commit what is read
+                for future in done:
+                    yield future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+ProgressCallback = Callable[[int, ExtractReport], None]
+
+
+class _Committer:
+    """Commits imported videos in batches (one transaction each) and keeps the report and the failure
+    list up to date."""
+
+    def __init__(self, writer: ShardWriter, out: Path, report: ExtractReport, failures: dict):
+        self.writer, self.out, self.report, self.failures = writer, out, report, failures
+        self.batch: list[ImportedVideo] = []
+        self.last_commit = time.perf_counter()
+
+    def add(self, result: ImportedVideo | Failure) -> None:
+        if isinstance(result, Failure):
+            self.report.failures.append(result)
+            self.failures[result.video] = {"path": result.path, "reason": result.reason}
+            write_json_atomic(self.out / FAILURES_FILE, self.failures)
+            return
+        self.batch.append(result)
+        if (sum(v.meta["rgb_bytes"] + v.meta["flow_bytes"] for v in self.batch) >= _BATCH_BYTES
+                or time.perf_counter() - self.last_commit >= _BATCH_SECONDS):
+            self.commit()
+
+    def commit(self) -> None:
+        self.last_commit = time.perf_counter()
+        if not self.batch:
+            return
+        self.writer.put_videos([(v.video, v.records, v.meta) for v in self.batch])
+        for v in self.batch:
+            self.report.stored += 1
+            self.report.pairs += v.meta["num_flows"]
+            self.report.bytes += v.meta["rgb_bytes"] + v.meta["flow_bytes"]
+            self.report.notes += [f"{v.video}: {n}" for n in v.meta["import_notes"]]
+        cleared = [v.video for v in self.batch if self.failures.pop(v.video, None) is not None]
+        if cleared:
+            write_json_atomic(self.out / FAILURES_FILE, self.failures)
+        self.batch.clear()
+
+
+def run_import(source: str | os.PathLike, out: str | os.PathLike, layout: Layout, settings: ImportSettings,
+               rgb_tree: str | os.PathLike | None = None, readers: int = 1, shard_bytes: int = 8 << 30,
+               on_start: Callable[[int, int], None] | None = None,
+               on_progress: ProgressCallback | None = None, videos: list[VideoFolders] | None = None,
+               trim_rgb: bool = False) -> ExtractReport:
+    """Import every video of the tree(s) not yet complete in OUT (``report.pairs``: flow fields stored).
+
+    ``settings.streams`` must be the streams to import (see :func:`flowprep.layouts.find_video_folders`);
+    ``readers``: threads reading files (0: read in this thread). Failures are recorded in
+    ``OUT/failures.json`` and the report, as by ``flowprep extract``. ``videos``: the trees' videos where
+    the caller has listed them already.
+    """
+    if readers < 0:
+        raise ValueError("--workers must be >= 1")
+    if videos is None:
+        _, videos = find_video_folders(Path(source), layout, Path(rgb_tree) if rgb_tree else None, settings.streams)
+    out = Path(out)
+    report = ExtractReport(total=len(videos))
+    start = time.perf_counter()
+    with ShardWriter(out, shard_bytes=shard_bytes, what="flowprep import") as writer:
+        note = check_settings(out, settings, writer.metas())
+        if note:
+            report.notes.append(note)
+        failures = read_failures(out)
+        todo = [v for v in videos if v.video not in writer.complete]
+        report.skipped = len(videos) - len(todo)
+        for v in videos:
+            if v.video in writer.complete:
+                failures.pop(v.video, None)
+        if on_start is not None:
+            on_start(len(todo), report.skipped)
+        committer = _Committer(writer, out, report, failures)
+        done = 0
+        try:
+            for result in _results(todo, settings, layout, readers, trim_rgb):
+                if result is None:
+                    committer.commit()
+                    continue
+                done += 1
+                committer.add(result)
+                report.seconds = time.perf_counter() - start
+                if on_progress is not None:
+                    on_progress(done, report)
+        except KeyboardInterrupt:
+            report.interrupted = True
+        committer.commit()  # whole videos read before an interrupt are kept
+        write_json_atomic(out / FAILURES_FILE, failures)
+    report.failures.sort(key=lambda f: f.video)
+    report.seconds = time.perf_counter() - start
+    return report

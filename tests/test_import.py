@@ -1,0 +1,352 @@
+"""flowprep import / export: the four file layouts of other tools, byte for byte, counts reconciled."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from conftest import write_config, write_video
+
+from flowprep.codec import unpack_flow_record
+from flowprep.exporter import run_export
+from flowprep.importer import run_import
+from flowprep.layouts import LAYOUTS, Layout, detect_layout, find_video_folders
+from flowprep.settings import ImportSettings
+from flowprep.store import FlowStore, read_failures
+from trainer.config import load_config
+from trainer.data import DataError
+from trainer.fit import fit
+
+REPO = Path(__file__).resolve().parents[1]
+BOUND = 20.0
+
+
+def flowprep(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flowprep", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+
+
+def tool_levels(component: np.ndarray, bound: float = BOUND) -> np.ndarray:
+    """What TSN's dense_flow and denseflow write: round(255·(d + B)/2B), clipped (0 px at level 127.5)."""
+    return np.clip(np.rint(255.0 * (component + bound) / (2 * bound)), 0, 255).astype(np.uint8)
+
+
+def write_frames_and_flow(video: Path, layout: Layout, rgb_dir: Path, x_dir: Path, y_dir: Path,
+                          flows: int | None = None, colour_flow: bool = False) -> None:
+    """Decode a real video, compute DIS flow and write both as ``layout``'s JPEG files, as the other tools do."""
+    capture = cv2.VideoCapture(str(video))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    for folder in {rgb_dir, x_dir, y_dir}:
+        folder.mkdir(parents=True, exist_ok=True)
+    for t, frame in enumerate(frames):
+        cv2.imwrite(str(rgb_dir / layout.file_name("rgb", t)), frame)
+    count = len(frames) - 1 if flows is None else flows
+    for t in range(count):
+        a, b = (cv2.cvtColor(frames[min(i, len(frames) - 1)], cv2.COLOR_BGR2GRAY) for i in (t, t + 1))
+        flow = dis.calc(a, b, None)
+        for c, folder, role in ((0, x_dir, "x"), (1, y_dir, "y")):
+            levels = tool_levels(flow[..., c])
+            if colour_flow:
+                levels = cv2.cvtColor(levels, cv2.COLOR_GRAY2BGR)
+            cv2.imwrite(str(folder / layout.file_name(role, t)), levels)
+
+
+def build_tree(root: Path, layout: Layout, videos: dict[str, Path]) -> tuple[Path, Path | None]:
+    """{id: video file} as ``layout``'s tree(s) under ``root``; (flow tree, RGB tree or None)."""
+    for video, path in videos.items():
+        if layout.uv:
+            write_frames_and_flow(path, layout, root / "rgb" / video, root / "flow" / "u" / video,
+                                  root / "flow" / "v" / video)
+        else:
+            write_frames_and_flow(path, layout, *[root / video] * 3)
+    return (root / "flow", root / "rgb") if layout.uv else (root, None)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("clips")
+    return {"walk/clip_a": write_video(folder / "a.avi", frames=7, seed=1),
+            "walk/clip_b": write_video(folder / "b.avi", frames=6, seed=2, speed=(-1.5, 0.5)),
+            "run/clip_c": write_video(folder / "c.avi", frames=5, seed=3, speed=(3.0, -1.0))}
+
+
+def tree_files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.jpg"))}
+
+
+def store_records(path: Path) -> dict[tuple[str, str, int], bytes]:
+    store = FlowStore(path)
+    out = {}
+    for video in store.videos():
+        meta = store.meta(video)
+        for kind, count in (("rgb", meta["num_frames"]), ("flow", meta["num_flows"])):
+            for t, record in enumerate(store.records(video, kind, range(count))):
+                out[video, kind, t] = bytes(record)
+    return out
+
+
+def do_import(source: Path, out: Path, rgb: Path | None = None, layout: str = "auto", streams=None,
+              **options) -> object:
+    chosen = LAYOUTS[layout] if layout != "auto" else detect_layout(source, rgb)
+    found, videos = find_video_folders(source, chosen, rgb, streams)
+    settings = ImportSettings(chosen.name, options.pop("bound", BOUND), options.pop("zero_level", 127.5),
+                              streams=found)
+    return run_import(source, out, chosen, settings, rgb, videos=videos, **options)
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_each_layout_imports_exports_and_imports_again_byte_for_byte(
+        name: str, clips: dict[str, Path], tmp_path: Path) -> None:
+    layout = LAYOUTS[name]
+    source, rgb = build_tree(tmp_path / "tree", layout, clips)
+    assert detect_layout(source, rgb).name == name
+    report = do_import(source, tmp_path / "store", rgb, readers=2)
+    assert report.stored == 3 and not report.failures and report.pairs == 6 + 5 + 4
+    store = FlowStore(tmp_path / "store")
+    assert store.videos() == sorted(clips)
+    meta = store.meta("walk/clip_a")
+    assert (meta["num_frames"], meta["num_flows"], meta["width"], meta["height"]) == (7, 6, 160, 120)
+    # the records are the files' bytes: RGB as they are, flow as a header around the dx and dy files
+    rgb_dir = (rgb if layout.uv else source) / "walk/clip_a"
+    x_dir = source / ("u" if layout.uv else "") / "walk/clip_a"
+    y_dir = source / ("v" if layout.uv else "") / "walk/clip_a"
+    assert store.records("walk/clip_a", "rgb", [3])[0] == (rgb_dir / layout.file_name("rgb", 3)).read_bytes()
+    _, (lo, hi), _, jx, jy = unpack_flow_record(store.records("walk/clip_a", "flow", [2])[0])
+    assert (lo, hi) == (-BOUND, BOUND)
+    assert bytes(jx) == (x_dir / layout.file_name("x", 2)).read_bytes()
+    assert bytes(jy) == (y_dir / layout.file_name("y", 2)).read_bytes()
+    # pixels: the other tools' mapping, level·2B/255 − B
+    levels = cv2.imread(str(x_dir / layout.file_name("x", 2)), cv2.IMREAD_GRAYSCALE)
+    np.testing.assert_allclose(store.flow("walk/clip_a", 2)[..., 0], levels * (2 * BOUND / 255) - BOUND, atol=1e-5)
+    assert flowprep("verify", tmp_path / "store").returncode == 0
+
+    report = run_export(tmp_path / "store", tmp_path / "exported", layout)
+    assert report.exported == 3 and report.reencoded == 0
+    exported_flow = tmp_path / "exported"
+    exported_rgb = exported_flow / "rgb" if layout.uv else None
+    if layout.uv:
+        assert tree_files(exported_flow / "u") == tree_files(source / "u")
+        assert tree_files(exported_flow / "v") == tree_files(source / "v")
+        assert tree_files(exported_rgb) == tree_files(rgb)
+    else:
+        assert tree_files(exported_flow) == tree_files(source)
+    do_import(exported_flow, tmp_path / "again", exported_rgb)
+    assert store_records(tmp_path / "again") == store_records(tmp_path / "store")
+
+
+def test_reference_sample_of_another_tool(shared_data: Path, tmp_path: Path) -> None:
+    """The real mmaction2 sample (TV-L1, ±20): 0 px sits at level 127.5, and the store reads it back."""
+    source = shared_data / "flow-jpeg-reference"
+    near_static = [cv2.imread(str(source / f"{c}_0000{t}.jpg"), cv2.IMREAD_GRAYSCALE) for c in "xy" for t in (2, 4)]
+    for levels in near_static:  # fields with almost no motion split evenly between 127 and 128
+        assert abs(float(levels.mean()) - 127.5) < 0.05
+    result = flowprep("import", source, tmp_path / "ref")
+    assert result.returncode == 1 and "10 RGB frames but 5 flow fields (expected 9)" in result.stderr
+    result = flowprep("import", source, tmp_path / "ref", "--trim-rgb")
+    assert result.returncode == 0, result.stderr
+    assert "frames after 6 dropped" in result.stderr
+    assert flowprep("verify", tmp_path / "ref").returncode == 0
+    store = FlowStore(tmp_path / "ref")
+    (video,) = store.videos()
+    assert store.meta(video)["num_frames"] == 6 and store.meta(video)["num_flows"] == 5
+    for t in range(5):
+        flow = store.flow(video, t)
+        for c, name in enumerate("xy"):
+            levels = cv2.imread(str(source / f"{name}_{t + 1:05d}.jpg"), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+            np.testing.assert_allclose(flow[..., c], levels * 40 / 255 - 20, atol=1e-4)
+    for t in range(6):
+        assert store.records(video, "rgb", [t])[0] == (source / f"img_{t + 1:05d}.jpg").read_bytes()
+
+
+def test_count_mismatches_and_bad_files_are_named_failures(clips: dict[str, Path], tmp_path: Path) -> None:
+    layout = LAYOUTS["tsn"]
+    root = tmp_path / "tree"
+    cases = {}
+
+    def case(name: str, **kwargs) -> Path:
+        folder = root / "c" / name
+        write_frames_and_flow(clips["walk/clip_a"], layout, folder, folder, folder, **kwargs)
+        return folder
+
+    cases["gap"] = case("gap")
+    (cases["gap"] / "img_00004.jpg").unlink()
+    cases["no_y"] = case("no_y")
+    (cases["no_y"] / "flow_y_00006.jpg").unlink()
+    cases["truncated"] = case("truncated")
+    data = (cases["truncated"] / "flow_x_00002.jpg").read_bytes()
+    (cases["truncated"] / "flow_x_00002.jpg").write_bytes(data[: len(data) // 2])
+    cases["png"] = case("png")
+    ok, png = cv2.imencode(".png", np.zeros((120, 160), np.uint8))
+    (cases["png"] / "flow_y_00003.jpg").write_bytes(png.tobytes())
+    cases["size"] = case("size")
+    cv2.imwrite(str(cases["size"] / "flow_x_00001.jpg"), np.full((240, 320), 128, np.uint8))
+    cases["more_flow"] = case("more_flow", flows=9)
+    cases["fewer_flow"] = case("fewer_flow", flows=3)
+    cases["n_flow"] = case("n_flow", flows=7)  # a tool that writes N fields for N frames
+    cases["good"] = case("good")
+    cases["zero_based"] = case("zero_based")
+    for p in sorted(cases["zero_based"].iterdir()):
+        n = int(p.stem.rsplit("_", 1)[1])
+        p.rename(p.with_name(f"{p.stem.rsplit('_', 1)[0]}_{n - 1:05d}.jpg"))
+
+    result = flowprep("import", root, tmp_path / "store", "--layout", "tsn")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    reasons = {video.split("/")[-1]: f["reason"] for video, f in read_failures(tmp_path / "store").items()}
+    assert set(reasons) == {"gap", "no_y", "truncated", "png", "size", "more_flow", "fewer_flow", "zero_based"}
+    assert "number 4 is missing" in reasons["gap"]
+    assert "6 dx and 5 dy files; the pair of flow_x_00006.jpg is missing" in reasons["no_y"]
+    assert reasons["truncated"] == "flow_x_00002.jpg: truncated JPEG (no end-of-image marker)"
+    assert reasons["png"] == "flow_y_00003.jpg: not a JPEG file (no start-of-image marker)"
+    assert "flow_x_00001.jpg: 320x240, but" in reasons["size"] and "is 160x120" in reasons["size"]
+    assert reasons["more_flow"] == "9 flow fields but only 7 RGB frames (expected at most 7)"
+    assert "7 RGB frames but 3 flow fields (expected 6); --trim-rgb" in reasons["fewer_flow"]
+    assert "start at img_00000.jpg; the tsn layout numbers from 1" in reasons["zero_based"]
+    for reason in reasons.values():
+        assert "\n" not in reason and "Traceback" not in reason
+    store = FlowStore(tmp_path / "store")
+    assert store.videos() == ["c/good", "c/n_flow"]
+    assert store.meta("c/n_flow")["num_flows"] == 6
+    assert "the last field (a repeat the other tool writes) was dropped" in store.meta("c/n_flow")["import_notes"][0]
+    # fixing a video and running again imports it and clears its failure; the store's settings hold
+    (cases["gap"] / "img_00005.jpg").rename(cases["gap"] / "img_00004.jpg")
+    for n in range(6, 8):
+        (cases["gap"] / f"img_{n:05d}.jpg").rename(cases["gap"] / f"img_{n - 1:05d}.jpg")
+    (cases["gap"] / "flow_x_00006.jpg").unlink()
+    (cases["gap"] / "flow_y_00006.jpg").unlink()
+    result = flowprep("import", root, tmp_path / "store", "--layout", "tsn", "--trim-rgb")
+    assert result.returncode == 1, result.stderr
+    assert "c/gap" not in read_failures(tmp_path / "store") and "c/fewer_flow" in FlowStore(tmp_path / "store")
+    result = flowprep("import", root, tmp_path / "store", "--bound", "32")
+    assert result.returncode == 2 and "bound=20.0 (32.0)" in result.stderr
+    result = flowprep("extract", clips["walk/clip_a"], tmp_path / "store", "--algo", "dis")
+    assert result.returncode == 2 and "imported files (extracted flow)" in result.stderr
+
+
+def test_grey_flow_saved_as_colour_reads_as_grey(clips: dict[str, Path], tmp_path: Path) -> None:
+    layout = LAYOUTS["mmaction"]
+    folder = tmp_path / "tree" / "v1"
+    write_frames_and_flow(clips["run/clip_c"], layout, folder, folder, folder, colour_flow=True)
+    assert do_import(tmp_path / "tree", tmp_path / "store").stored == 1
+    levels = cv2.imread(str(folder / "x_00002.jpg"), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+    np.testing.assert_allclose(FlowStore(tmp_path / "store").flow("v1", 1)[..., 0], levels * 40 / 255 - 20, atol=1e-5)
+    # a colour image as flow is refused
+    image = cv2.imread(str(folder / "img_00001.jpg"))
+    cv2.imwrite(str(folder / "x_00001.jpg"), image)
+    report = do_import(tmp_path / "tree", tmp_path / "store2")
+    assert "a colour image" in report.failures[0].reason
+
+
+def test_rgb_only_and_flow_only_stores(clips: dict[str, Path], tiny: Path, tmp_path: Path) -> None:
+    layout = LAYOUTS["uv"]
+    source, rgb = build_tree(tmp_path / "tree", layout, clips)
+    do_import(rgb, tmp_path / "rgb-only", layout="uv")
+    do_import(source, tmp_path / "flow-only")
+    rgb_store, flow_store = FlowStore(tmp_path / "rgb-only"), FlowStore(tmp_path / "flow-only")
+    assert rgb_store.settings()["imported"]["streams"] == ["rgb"]
+    assert flow_store.settings()["imported"]["streams"] == ["flow"]
+    assert rgb_store.meta("walk/clip_a")["num_flows"] == 0 and flow_store.meta("walk/clip_a")["num_frames"] == 0
+    for path in ("rgb-only", "flow-only"):
+        assert flowprep("verify", tmp_path / path).returncode == 0
+    assert "(flow)" in flowprep("info", tmp_path / "flow-only").stdout
+    # a tree whose video lacks its RGB frames, importing both streams: that video fails
+    (tmp_path / "tree" / "rgb" / "run" / "clip_c").rename(tmp_path / "clip_c-moved")
+    result = flowprep("import", source, tmp_path / "both", "--rgb", rgb, "--streams", "both")
+    assert result.returncode == 1 and "no RGB frames for this video" in result.stderr
+    # the trainer refuses the stream a store lacks, in one line
+    config = write_config(tiny, tmp_path, stream="spatial", iterations=2)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"]["datasets"][0]["store"] = str(tmp_path / "flow-only")
+    config.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(DataError, match="holds no RGB frames .* a spatial net needs them"):
+        fit(load_config(config))
+
+
+def test_an_imported_store_of_the_built_in_dataset_trains(tiny: Path, tmp_path: Path) -> None:
+    """Extracted store → mmaction files (flow mapped onto their levels) → imported store → trainer fit."""
+    report = run_export(tiny / "a" / "flow", tmp_path / "files", LAYOUTS["mmaction"])
+    original = FlowStore(tiny / "a" / "flow")
+    assert report.exported == len(original) and report.reencoded == sum(
+        original.meta(v)["num_flows"] for v in original.videos())
+    result = flowprep("import", tmp_path / "files", tmp_path / "imported")
+    assert result.returncode == 0, result.stderr
+    imported = FlowStore(tmp_path / "imported")
+    assert imported.videos() == original.videos()
+    video = original.videos()[0]
+    assert imported.records(video, "rgb", [0]) == original.records(video, "rgb", [0])
+    # one level of the target (40/255 px) plus JPEG's error of the second encoding
+    assert np.abs(imported.flow(video, 3) - original.flow(video, 3)).mean() < 0.15
+    config = write_config(tiny, tmp_path, stream="temporal", iterations=4)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"]["datasets"][0]["store"] = str(tmp_path / "imported")
+    config.write_text(yaml.safe_dump(cfg))
+    summary = fit(load_config(config))
+    assert summary["iterations"] == 4 and Path(summary["checkpoint"]).is_file()
+
+
+def test_kill_minus_9_then_resume(clips: dict[str, Path], tmp_path: Path) -> None:
+    """A reader stuck on one file (a FIFO) holds the run; kill -9, then the same command resumes."""
+    layout = LAYOUTS["mmaction"]
+    source, _ = build_tree(tmp_path / "tree", layout, clips)
+    stuck = source / "walk" / "clip_b" / "x_00003.jpg"
+    data = stuck.read_bytes()
+    stuck.unlink()
+    os.mkfifo(stuck)
+    process = subprocess.Popen([sys.executable, "-m", "flowprep", "import", source, tmp_path / "store",
+                                "--workers", "1"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (tmp_path / "store" / "shard-00000.lmdb").is_dir():
+        time.sleep(0.1)
+    time.sleep(1.0)
+    busy = flowprep("import", source, tmp_path / "store")
+    assert busy.returncode == 2 and "flowprep import" in busy.stderr and "pid" in busy.stderr
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert FlowStore(tmp_path / "store").videos() == ["run/clip_c", "walk/clip_a"]  # sorted order; then stuck
+    stuck.unlink()
+    stuck.write_bytes(data)
+    result = flowprep("import", source, tmp_path / "store")
+    assert result.returncode == 0, result.stderr
+    assert "skipped 2 already complete" in result.stderr
+    assert FlowStore(tmp_path / "store").videos() == sorted(clips)
+    assert flowprep("verify", tmp_path / "store").returncode == 0
+
+
+def test_export_refuses_a_folder_of_other_files_and_resumes(clips: dict[str, Path], tmp_path: Path) -> None:
+    source, _ = build_tree(tmp_path / "tree", LAYOUTS["denseflow"], clips)
+    do_import(source, tmp_path / "store")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    result = flowprep("export", tmp_path / "store", tmp_path / "busy", "--layout", "denseflow")
+    assert result.returncode == 2 and "not empty and not an export of flowprep" in result.stderr
+    run_export(tmp_path / "store", tmp_path / "out", LAYOUTS["denseflow"], videos=["walk/clip_a"])
+    report = run_export(tmp_path / "store", tmp_path / "out", LAYOUTS["denseflow"])
+    assert (report.skipped, report.exported) == (1, 2)
+    assert tree_files(tmp_path / "out") == tree_files(source)
+    result = flowprep("export", tmp_path / "store", tmp_path / "out", "--layout", "tsn")
+    assert result.returncode == 2 and "layout='denseflow' ('tsn')" in result.stderr
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    result = flowprep("import", tmp_path / "missing", tmp_path / "out")
+    assert result.returncode == 2 and result.stderr.strip() == f"error: {tmp_path / 'missing'}: no such folder"
+    (tmp_path / "empty" / "v").mkdir(parents=True)
+    (tmp_path / "empty" / "v" / "notes.txt").write_text("x")
+    result = flowprep("import", tmp_path / "empty", tmp_path / "out")
+    assert result.returncode == 2 and "no numbered JPEG frames or flow of a known layout" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "mmaction" in flowprep("import", "--help").stdout
