@@ -27,7 +27,8 @@ STREAMS = {"auto": None, "both": ("rgb", "flow"), "rgb": ("rgb",), "flow": ("flo
 @click.option("--layout", type=click.Choice(["auto", *LAYOUTS]), default="auto", show_default=True,
               help="File names of the tool that wrote SOURCE: mmaction (img_00001, x_00001, y_00001), tsn "
                    "(img_00001, flow_x_00001, flow_y_00001), denseflow (img_00000, flow_x_00000, 0-based), "
-                   "uv (SOURCE/u/<video>/frame000001.jpg, SOURCE/v/..., RGB in --rgb DIR); auto: from the files.")
+                   "uv (SOURCE/u/<video>/frame000001.jpg, SOURCE/v/..., RGB in --rgb DIR or SOURCE/rgb); auto: from "
+                   "the files.")
 @click.option("--rgb", "rgb_tree", type=click.Path(path_type=Path), default=None,
               help="RGB frames are in this tree (same <class>/<video> folders) rather than beside the flow.")
 @click.option("--streams", type=click.Choice(list(STREAMS)), default="auto", show_default=True,
@@ -147,5 +148,4 @@ def export_command(store: Path, out: Path, layout: str, bound: float | None, zer
     click.echo(f"exported {report.exported} videos ({report.files} files, {human_bytes(report.bytes)}) in "
                f"{report.seconds:.1f} s; skipped {report.skipped} already exported{again}", err=True)
     if layout == "uv":
-        click.echo(f"RGB frames are in {out / 'rgb'}: import with `flowprep import {out} STORE --rgb {out / 'rgb'}`",
-                   err=True)
+        click.echo(f"RGB frames are in {out / 'rgb'}, where `flowprep import {out} STORE` finds them", err=True)

@@ -126,6 +126,8 @@ def run_export(store_path: str | os.PathLike, out: str | os.PathLike, layout: La
         lock = FolderLock(out, "flowprep export")
     except FolderBusyError as exc:
         raise StoreError(str(exc)) from None
+    except OSError as exc:
+        raise StoreError(f"{out}: cannot create the export folder ({exc.strerror or exc})") from None
     report = ExportReport(total=len(wanted))
     start = time.perf_counter()
     with lock:

@@ -127,14 +127,16 @@ def _select(index: dict[str, tuple[str, frozenset[str]]], prefixes: set[str]) ->
 def find_video_folders(source: Path, layout: Layout, rgb_tree: Path | None = None,
                        streams: tuple[str, ...] | None = None) -> tuple[tuple[str, ...], list[VideoFolders]]:
     """The streams to import and every video of the tree(s): flow from ``source`` (``source/u`` and
-    ``source/v`` for uv), RGB from ``rgb_tree`` if given, else from ``source``. ``streams`` None: the
-    streams the trees hold at all. A video present in one stream's tree only is listed with None for
-    the other (the import names it as a failure)."""
+    ``source/v`` for uv), RGB from ``rgb_tree`` if given, else from ``source`` (for uv: ``source/rgb``).
+    ``streams`` None: the streams the trees hold at all. A video present in one stream's tree only is
+    listed with None for the other (the import names it as a failure)."""
     if not source.is_dir():
         raise LayoutError(f"{source}: no such folder")
     if rgb_tree is not None and not rgb_tree.is_dir():
         raise LayoutError(f"{rgb_tree}: no such folder (--rgb)")
     rgb_prefix, x_prefix, y_prefix = layout.prefixes
+    if layout.uv and rgb_tree is None and (source / "rgb").is_dir():
+        rgb_tree = source / "rgb"  # where `flowprep export --layout uv` puts the frames
     if layout.uv and (source / "u").is_dir():
         if not (source / "v").is_dir():
             raise LayoutError(f"{source}: the uv layout keeps dy in {source / 'v'}/, which is missing")

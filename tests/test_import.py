@@ -144,7 +144,7 @@ def test_each_layout_imports_exports_and_imports_again_byte_for_byte(
         assert tree_files(exported_rgb) == tree_files(rgb)
     else:
         assert tree_files(exported_flow) == tree_files(source)
-    do_import(exported_flow, tmp_path / "again", exported_rgb)
+    do_import(exported_flow, tmp_path / "again")  # uv: the frames are found in OUT/rgb
     assert store_records(tmp_path / "again") == store_records(tmp_path / "store")
 
 
@@ -339,6 +339,9 @@ def test_export_refuses_a_folder_of_other_files_and_resumes(clips: dict[str, Pat
     assert tree_files(tmp_path / "out") == tree_files(source)
     result = flowprep("export", tmp_path / "store", tmp_path / "out", "--layout", "tsn")
     assert result.returncode == 2 and "layout='denseflow' ('tsn')" in result.stderr
+    (tmp_path / "a-file").write_text("")
+    result = flowprep("export", tmp_path / "store", tmp_path / "a-file", "--layout", "tsn")
+    assert result.returncode == 2 and "cannot create the export folder" in result.stderr
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
