@@ -3,20 +3,21 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The CPU wheel of torch is installed first so that pip never pulls a multi-GB CUDA build;
-# override (e.g. TORCH_SPEC=torch) to keep a torch you already have.
-TORCH_SPEC ?= torch==2.13.0
+# torch and torchvision are installed first, as a matching pair: the PyPI builds (CUDA, and they run
+# on a CPU); a CPU-only torch wheel has no torchvision that loads with it. Override
+# (e.g. TORCH_SPEC=torch) to keep a torch you already have.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 DATASET ?= synthetic
 # Data root of the pipeline files: TWOSTREAM_DATA=/big/disk make flow DATASET=ucf101
 
-.PHONY: install test lint data flow demo evaluate bench clean
+.PHONY: install test lint data flow demo evaluate reproduce bench clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -64,6 +65,38 @@ demo: $(STAMP)
 evaluate: $(STAMP)
 	$(BIN)/trainer report runs/eval/scores-$(DATASET)-split*-test.npz
 
+# The paper's protocol on splits 1-3 (Table 4): flow (resumed if partly there), both streams trained,
+# tested with 25 frames x 10 crops, fused, the table printed. Re-running resumes: a stream whose test
+# scores exist is done. The spatial net starts from ImageNet CNN-M-2048 (SPATIAL_WEIGHTS, the Caffe
+# release); the temporal one from scratch. The ResNet-50 pair: SPATIAL_CONFIG=configs/spatial-resnet50.yaml
+# TEMPORAL_CONFIG=configs/temporal-resnet50.yaml SPATIAL_WEIGHTS=resnet50.pth TEMPORAL_WEIGHTS=resnet50.pth
+SPATIAL_CONFIG ?= configs/spatial-imagenet.yaml
+TEMPORAL_CONFIG ?= configs/temporal.yaml
+SPLITS ?= 1 2 3
+RUNS ?= runs/reproduce-$(DATASET)
+FIT_ARGS ?=
+
+reproduce: $(STAMP)
+	@test "$(DATASET)" = ucf101 || test "$(SPATIAL_CONFIG)" != configs/spatial-imagenet.yaml || { echo "error: the default configs train on UCF-101: make reproduce DATASET=ucf101 (other datasets: give SPATIAL_CONFIG and TEMPORAL_CONFIG)" >&2; exit 2; }
+	@test -n "$(SPATIAL_WEIGHTS)" || { echo "error: give SPATIAL_WEIGHTS=PATH, ImageNet weights for the spatial net (VGG_CNN_M_2048.caffemodel for $(SPATIAL_CONFIG); README: Weights)" >&2; exit 2; }
+	@test -f "$(SPATIAL_WEIGHTS)" || { echo "error: SPATIAL_WEIGHTS=$(SPATIAL_WEIGHTS): no such file (README: Weights says where it is published)" >&2; exit 2; }
+	@test -z "$(TEMPORAL_WEIGHTS)" || test -f "$(TEMPORAL_WEIGHTS)" || { echo "error: TEMPORAL_WEIGHTS=$(TEMPORAL_WEIGHTS): no such file" >&2; exit 2; }
+	$(BIN)/flowprep data pipelines/$(DATASET).yaml
+	$(BIN)/flowprep extract pipelines/$(DATASET).yaml --workers $(WORKERS)
+	@for s in $(SPLITS); do \
+	  for stream in spatial temporal; do \
+	    scores=$(RUNS)/eval/scores-$(DATASET)-split$$s-$$stream-test.npz; \
+	    if [ -f $$scores ]; then echo "split $$s $$stream: done ($$scores)"; continue; fi; \
+	    if [ $$stream = spatial ]; then config=$(SPATIAL_CONFIG); weights="$(SPATIAL_WEIGHTS)"; \
+	    else config=$(TEMPORAL_CONFIG); weights="$(TEMPORAL_WEIGHTS)"; fi; \
+	    $(BIN)/trainer fit $$config --resume --set data.split=$$s --set run.dir=$(RUNS)/split$$s-$$stream \
+	      $${weights:+--set model.pretrained=$$weights} $(FIT_ARGS) || exit $$?; \
+	    $(BIN)/trainer test $(RUNS)/split$$s-$$stream/checkpoint.pt --split $$s --train-scores -o $(RUNS)/eval \
+	      || exit $$?; \
+	  done; \
+	done
+	$(BIN)/trainer report $(RUNS)/eval/scores-$(DATASET)-split*-test.npz -o $(RUNS)/table4.md
+
 # Figures, not tests: each script prints a table (bench/RESULTS.md keeps the latest).
 bench: $(STAMP)
 	$(BIN)/python bench/flow_accuracy.py
@@ -72,6 +105,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/loader.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/import.py
+	$(BIN)/python bench/feed.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -17,7 +17,8 @@ from trainer import checkpoint as ckpt
 from trainer.config import ConfigError, load_config
 from trainer.fit import lr_at, lr_schedule
 from trainer.metrics import read_rows
-from trainer.models import build_model, count_parameters, load_pretrained
+from trainer.models import WeightsError, build_model, count_parameters
+from trainer.weights import load_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,12 +53,18 @@ def test_pretrained_weights_report(tmp_path: Path) -> None:
     source = build_model("spatial", 1, {"imagenet": 10}, 0.25, 0.5, 112)
     torch.save(source.state_dict(), tmp_path / "w.pt")
     target = build_model("spatial", 1, {"ucf101": 4}, 0.25, 0.5, 112)
-    report = load_pretrained(target, tmp_path / "w.pt")
-    assert report["missing"] == ["heads.ucf101.bias", "heads.ucf101.weight"]
-    assert report["unexpected"] == ["heads.imagenet.bias", "heads.imagenet.weight"]
+    report = load_weights(target, tmp_path / "w.pt")
+    assert report.new == ["heads.ucf101.bias", "heads.ucf101.weight"]
+    assert report.unused == ["heads.imagenet.bias", "heads.imagenet.weight"]
     assert torch.equal(target.features[0].weight, source.features[0].weight)
+    # a temporal net (one LRN: other module indices) from a spatial one, layer by layer
     other = build_model("temporal", 10, {"ucf101": 4}, 0.25, 0.5, 112)
-    assert any("features.0.weight" in m for m in load_pretrained(other, tmp_path / "w.pt")["mismatched"])
+    report = load_weights(other, tmp_path / "w.pt")
+    assert "cross-modality" in report.adapted["features.0.weight"]
+    assert torch.equal(other.features[7].weight, source.features[8].weight)  # conv3
+    wider = build_model("spatial", 1, {"ucf101": 4}, 0.5, 0.5, 112)
+    with pytest.raises(WeightsError, match=r"no tensor fits the net \(first: features.0.weight \(24, 3, 7, 7\)"):
+        load_weights(wider, tmp_path / "w.pt")
 
 
 def test_schedule_presets_scale() -> None:
@@ -95,7 +102,7 @@ def test_config_typo_fails_in_one_line(tmp_path: Path) -> None:
     result = trainer("fit", path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: {path}: unknown key 'data.flow_stak' (known: bidirectional, crop, datasets, flip, flow_scale, "
+        f"error: {path}: unknown key 'data.flow_stak' (known: bidirectional, crop, datasets, decode, flip, flow_scale, "
         "flow_stack, mean_subtraction, rgb_jitter, rgb_mean, rgb_std, split, stacking, stream, workers)"]
 
 
@@ -159,6 +166,20 @@ def test_multitask_heads_each_learn_their_own_dataset(tiny: Path, tmp_path: Path
     state = ckpt.load(tmp_path / "run" / "checkpoint.pt")
     assert {"heads.a.weight", "heads.b.weight"} <= set(state["model"])
     assert set(state["val"]) == {"a", "b"}
+
+
+@pytest.mark.parametrize("stream", ["temporal", "spatial"])
+def test_fit_and_test_with_device_decoding(tiny: Path, tmp_path: Path, stream: str) -> None:
+    """data.decode: device on a CPU: workers hand over JPEG bytes, the training process decodes them
+    (torchvision) for training, validation and the 25 x 10 test protocol."""
+    config = write_config(tiny, tmp_path, stream=stream, iterations=4, data={"decode": "device", "workers": 1},
+                          train={"log_every": 2, "val_every": 0, "checkpoint_every": 4})
+    result = trainer("fit", config)
+    assert result.returncode == 0, result.stderr
+    assert ckpt.load(tmp_path / "run" / "checkpoint.pt")["config"]["data"]["decode"] == "device"
+    result = trainer("test", tmp_path / "run" / "checkpoint.pt", "--frames", "2", "--workers", "1", "-o", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "top-1" in result.stdout
 
 
 def test_torchrun_two_cpu_processes(tiny: Path, tmp_path: Path) -> None:

@@ -9,9 +9,11 @@ import torch
 from flowprep.flow import create_flow
 from flowprep.pairs import interior, translation
 from trainer.data import TrainingSet, batch_items
+from trainer.encoded import EncodedInput, collate
 from trainer.inputs import (
     InputSpec,
     VideoEntry,
+    as_input,
     field_indices,
     flip_horizontal,
     flow_volume,
@@ -188,3 +190,30 @@ def test_inputs_cropped_from_levels_equal_whole_frame_conversion(bidirectional_s
     if stream == "temporal":
         reference = flow_volume(store, entry, tau, 4, "optical_flow", bidirectional, mean_subtraction)
         assert np.allclose(whole, reference, atol=1e-5)
+
+
+@pytest.mark.parametrize("stream,bidirectional,mean_subtraction,crop", [
+    ("temporal", False, True, 48), ("temporal", True, True, 48), ("temporal", False, False, 48),
+    ("spatial", False, True, 48), ("temporal", False, True, 72), ("spatial", False, True, 72)])
+def test_device_decoding_equals_the_cpu_path(bidirectional_store, stream, bidirectional, mean_subtraction,
+                                             crop) -> None:
+    """data.decode: device (JPEG bytes decoded by torchvision in the training process, crops as tensor
+    ops; here on CPU tensors) gives the CPU path's inputs: training crops (mirrored or not, jittered),
+    the 10 test crops and the centre crop. crop 72 > the 60-pixel frames: both paths enlarge first."""
+    store, entry = bidirectional_store
+    args = (stream, 4, "optical_flow", bidirectional, mean_subtraction, crop, True, 0.2,
+            (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0.5)
+    cpu, device = InputSpec(*args, decode="cpu"), InputSpec(*args, decode="device")
+    # one level of the input: 1/255 of RGB over its std, or a flow level's pixels times flow_scale
+    level = (1 / 255 / 0.224) if stream == "spatial" else 0.5 * 4.0 / 127 * (72 / 60 if crop == 72 else 1)
+    tolerance = 1e-5 if crop == 48 else 1.01 * level
+    for seed in range(8):
+        encoded = device.training_input(store, entry, seed, packed=True)
+        assert isinstance(encoded, EncodedInput) and encoded.jpegs
+        batch = collate([(encoded, 3, 0)])
+        got = as_input(batch[0], torch.device("cpu"))[0]
+        expected = cpu.training_input(store, entry, seed)
+        assert (got - expected).abs().max() <= tolerance, seed
+    tau = sum(cpu.tau_range(entry)) // 2
+    assert (device.test_crops(store, entry, tau) - cpu.test_crops(store, entry, tau)).abs().max() <= tolerance
+    assert (device.centre_input(store, entry) - cpu.centre_input(store, entry)).abs().max() <= tolerance

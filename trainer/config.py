@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from trainer.models import arch_problem
+
 
 class ConfigError(Exception):
     """A configuration that cannot be used; one line naming the file and the key."""
@@ -54,15 +56,19 @@ class DataConfig:
     rgb_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     flow_scale: float = 0.05  # flow in pixels is multiplied by this (±20 px → ±1)
     workers: int = 2  # DataLoader worker processes per training process
+    decode: str = "auto"  # cpu: workers decode JPEGs | device: the training device does | auto: device on CUDA
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "cnn_m_2048"
-    width: float = 1.0  # channel multiplier (1.0: the paper's net)
-    dropout: float = 0.9  # after full6 and full7
-    pretrained: str | None = None  # local weights file (state dict or trainer checkpoint)
+    arch: str = "cnn_m_2048"  # or a torchvision classification model (resnet50, ...) or timm/<name>
+    width: float = 1.0  # channel multiplier of cnn_m_2048 (1.0: the paper's net)
+    dropout: float = 0.9  # after full6 and full7 (cnn_m_2048); before the heads (other archs)
+    pretrained: str | None = None  # local weights file: .caffemodel, state dict (.pth/.safetensors), checkpoint
+    pretrained_partial: bool = False  # load what fits even where more than the classifier is new
+    caffe_mean: list[float] | str = field(default_factory=lambda: [103.939, 116.779, 123.68])  # B,G,R or file
     train: str = "all"  # all (fine-tune or from scratch) | last_layer
+    partial_bn: bool = False  # BN archs: freeze the BN statistics of every layer but the first (TSN)
 
 
 @dataclass
@@ -75,6 +81,7 @@ class OptimConfig:
     milestones: list[int] = field(default_factory=list)  # with schedule: custom
     iterations: int = 0  # with schedule: custom
     scale: float = 1.0  # multiplies the preset's iteration counts (e.g. 0.01 for a short run)
+    pretrained_lr: float = 1.0  # LR multiplier of the layers model.pretrained gives (new layers: 1)
 
 
 @dataclass
@@ -196,13 +203,20 @@ def validate(cfg: Config) -> None:
         (CROP_RANGE[0] <= d.crop <= CROP_RANGE[1],
          f"data.crop must be in {CROP_RANGE[0]}..{CROP_RANGE[1]} pixels, got {d.crop}"),
         (d.workers >= 0, f"data.workers must be >= 0, got {d.workers}"),
+        (d.decode in ("auto", "cpu", "device"), f"data.decode must be auto, cpu or device, got {d.decode!r}"),
+        (d.decode != "device" or d.stream == "spatial" or d.stacking == "optical_flow",
+         "data.decode: device needs data.stacking: optical_flow (trajectories sample float fields; use cpu)"),
         (len(d.rgb_mean) == 3 and len(d.rgb_std) == 3, "data.rgb_mean and data.rgb_std need 3 values"),
         (all(s > 0 for s in d.rgb_std), f"data.rgb_std must be > 0, got {d.rgb_std}"),
         (d.rgb_jitter >= 0, f"data.rgb_jitter must be >= 0, got {d.rgb_jitter}"),
         (0 < d.flow_scale <= 100, f"data.flow_scale must be in (0, 100] (input units per pixel), got {d.flow_scale}"),
         (len(d.datasets) >= 1, "data.datasets must list at least one dataset"),
-        (m.arch == "cnn_m_2048", f"model.arch must be cnn_m_2048, got {m.arch!r}"),
         (0 < m.width <= 4, f"model.width must be in (0, 4], got {m.width}"),
+        (m.arch == "cnn_m_2048" or m.width == 1.0, f"model.width applies to cnn_m_2048 only, got {m.width} "
+                                                    f"with {m.arch}"),
+        (isinstance(m.caffe_mean, str) or len(m.caffe_mean) == 3,
+         f"model.caffe_mean must be 3 numbers (B, G, R in 0..255) or a .binaryproto file, got {m.caffe_mean}"),
+        (0 <= o.pretrained_lr <= 10, f"optim.pretrained_lr must be in [0, 10] (a multiplier), got {o.pretrained_lr}"),
         (0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}"),
         (m.train in ("all", "last_layer"), f"model.train must be all or last_layer, got {m.train!r}"),
         (m.train == "all" or m.pretrained, "model.train: last_layer needs model.pretrained (a weights file)"),
@@ -221,6 +235,9 @@ def validate(cfg: Config) -> None:
         (t.val_videos >= 0, f"train.val_videos must be >= 0 (0: all test videos), got {t.val_videos}"),
         (0 <= cfg.run.seed < 2**32, f"run.seed must be in 0..{2**32 - 1}, got {cfg.run.seed}"),
     ]
+    problem = arch_problem(m.arch)
+    if problem:
+        raise ConfigError(f"{src}: {problem}")
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{src}: {message}")

@@ -185,6 +185,6 @@ class CentreInputs(torch.utils.data.Dataset):
         d, i = self.items[index]
         ds = self.datasets[d]
         try:
-            return self.spec.centre_input(ds.store, ds.test[i]), ds.test[i].label, d
+            return self.spec.centre_input(ds.store, ds.test[i], packed=True), ds.test[i].label, d
         except (StoreError, IndexError) as exc:
             raise damaged(ds.name, ds.store, exc) from None

@@ -22,8 +22,9 @@ from flowprep.store import StoreError
 from trainer import checkpoint as ckpt
 from trainer.config import Config, config_from_dict
 from trainer.data import TrainingSet, damaged, open_datasets
+from trainer.encoded import EncodedBatch, EncodedInput
 from trainer.inputs import InputSpec, PackedInput, VideoEntry, as_input
-from trainer.models import CNNM2048, build_model
+from trainer.models import build_model
 
 TEST_FRAMES = 25
 
@@ -44,7 +45,7 @@ def protocol_inputs(spec: InputSpec, store, entry: VideoEntry, frames: int = TES
 
 @dataclass
 class LoadedNet:
-    model: CNNM2048
+    model: torch.nn.Module
     cfg: Config
     state: dict
     spec: InputSpec
@@ -66,10 +67,10 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | None = None)
         raise EvaluationError(f"{path}: not a trainer checkpoint ({type(exc).__name__}: {exc})") from None
     heads = {name: len(classes) for name, classes in state["classes"].items()}
     model = build_model(cfg.data.stream, cfg.data.flow_stack, heads, cfg.model.width, cfg.model.dropout,
-                        cfg.data.crop)
+                        cfg.data.crop, cfg.model.arch, cfg.model.partial_bn)
     model.load_state_dict(state["model"])
     model.to(device or torch.device("cpu")).eval()
-    return LoadedNet(model, cfg, state, InputSpec.from_config(cfg.data))
+    return LoadedNet(model, cfg, state, InputSpec.from_config(cfg.data, (device or torch.device("cpu")).type))
 
 
 class _FrameCrops(torch.utils.data.Dataset):
@@ -93,9 +94,13 @@ class _FrameCrops(torch.utils.data.Dataset):
 
 def _concat(batch: list[tuple[torch.Tensor | PackedInput, int]]) -> tuple[torch.Tensor | PackedInput, torch.Tensor]:
     crops = [x for x, _ in batch]
-    packed = isinstance(crops[0], PackedInput)
-    inputs = PackedInput(*(torch.cat(parts) for parts in zip(*crops, strict=True))) if packed else torch.cat(crops)
-    sizes = torch.tensor([len(x.levels) if packed else len(x) for x in crops])
+    if isinstance(crops[0], EncodedInput):
+        inputs, sizes = EncodedBatch(crops), torch.tensor([len(x.crops) for x in crops])
+    elif isinstance(crops[0], PackedInput):
+        inputs = PackedInput(*(torch.cat(parts) for parts in zip(*crops, strict=True)))
+        sizes = torch.tensor([len(x.levels) for x in crops])
+    else:
+        inputs, sizes = torch.cat(crops), torch.tensor([len(x) for x in crops])
     return inputs, torch.repeat_interleave(torch.tensor([v for _, v in batch]), sizes)
 
 

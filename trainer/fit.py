@@ -24,9 +24,11 @@ from flowprep.lock import FolderBusyError, FolderLock
 from trainer import checkpoint as ckpt
 from trainer.config import Config
 from trainer.data import CentreInputs, StepBatches, TrainingSet, TrainInputs, open_datasets
+from trainer.encoded import collate
 from trainer.inputs import InputSpec, as_input
 from trainer.metrics import append_row, drop_rows_after, plot_curves
-from trainer.models import build_model, count_parameters, load_pretrained
+from trainer.models import build_model, count_parameters
+from trainer.weights import RGBInput, load_weights
 
 SCHEDULE_PRESETS = {"scratch": ([50_000, 70_000], 80_000), "finetune": ([14_000], 20_000)}
 
@@ -101,7 +103,7 @@ def validate(model: nn.Module, datasets: list[TrainingSet], spec: InputSpec, lim
     inputs = CentreInputs(datasets, spec, limit)
     if len(inputs) == 0:
         return {}
-    loader = torch.utils.data.DataLoader(inputs, batch_size=batch_size, num_workers=workers)
+    loader = torch.utils.data.DataLoader(inputs, batch_size=batch_size, num_workers=workers, collate_fn=collate)
     names = [ds.name for ds in datasets]
     correct, seen = [0] * len(names), [0] * len(names)
     was_training = model.training
@@ -152,22 +154,35 @@ class Progress:
             print(("\n" if self.tty else "") + text, file=sys.stderr, flush=True)
 
 
-def _build(cfg: Config, datasets: list[TrainingSet], log: Callable[[str], None]) -> nn.Module:
+def _build(cfg: Config, datasets: list[TrainingSet], log: Callable[[str], None]) -> tuple[nn.Module, set[str]]:
+    """The net, with its starting weights loaded; and the names of the parameters those weights gave."""
     heads = {ds.name: len(ds.classes) for ds in datasets}
     model = build_model(cfg.data.stream, cfg.data.flow_stack, heads, cfg.model.width, cfg.model.dropout,
-                        cfg.data.crop)
+                        cfg.data.crop, cfg.model.arch, cfg.model.partial_bn)
+    pretrained: set[str] = set()
     if cfg.model.pretrained:
-        report = load_pretrained(model, cfg.model.pretrained)
-        log(f"loaded {len(report['loaded'])} tensors from {cfg.model.pretrained}; "
-            f"missing {len(report['missing'])}: {', '.join(report['missing'][:6]) or '-'}; "
-            f"unexpected {len(report['unexpected'])}: {', '.join(report['unexpected'][:6]) or '-'}; "
-            f"shape mismatch {len(report['mismatched'])}: {', '.join(report['mismatched'][:3]) or '-'}")
+        rgb = RGBInput(tuple(cfg.data.rgb_mean), tuple(cfg.data.rgb_std),
+                       cfg.model.caffe_mean if isinstance(cfg.model.caffe_mean, str) else tuple(cfg.model.caffe_mean))
+        report = load_weights(model, cfg.model.pretrained, rgb, cfg.model.pretrained_partial)
+        log(report.summary())
+        pretrained = set(report.loaded) | set(report.adapted)
     if cfg.model.train == "last_layer":
         for p in model.parameters():
             p.requires_grad_(False)
         for p in model.head_parameters():
             p.requires_grad_(True)
-    return model
+    return model, pretrained
+
+
+def parameter_groups(model: nn.Module, pretrained: set[str], multiplier: float) -> list[dict]:
+    """SGD parameter groups: the layers the weights file gave at ``multiplier`` × the LR, the new ones at
+    the LR (fine-tuning as TSN: pre-trained layers move slower than the new classifier)."""
+    groups = [{"params": [], "lr_mult": multiplier, "name": "pretrained"},
+              {"params": [], "lr_mult": 1.0, "name": "new"}]
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups[0 if name in pretrained else 1]["params"].append(p)
+    return [g for g in groups if g["params"]]
 
 
 def lock_run_dir(run_dir: Path) -> FolderLock:
@@ -232,17 +247,17 @@ def _fit(cfg: Config, resume: bool, procs: Processes) -> dict:
                 f"{', '.join(unsampled[:5])}{', ...' if len(unsampled) > 5 else ''}")
         if not ds.test:
             log(f"warning: {ds.name}: no test video of split {cfg.data.split} is in the store: no validation")
-    spec = InputSpec.from_config(cfg.data)
+    spec = InputSpec.from_config(cfg.data, procs.device.type)
     torch.manual_seed(cfg.run.seed)
-    model = _build(cfg, datasets, log)
-    log(f"{cfg.data.stream} CNN-M-2048 (width {cfg.model.width}, {spec.channels} input channels, "
+    model, pretrained = _build(cfg, datasets, log)
+    arch = "CNN-M-2048" if cfg.model.arch == "cnn_m_2048" else cfg.model.arch
+    log(f"{cfg.data.stream} {arch} (width {cfg.model.width}, {spec.channels} input channels, "
         f"{cfg.data.crop}x{cfg.data.crop}): {count_parameters(model) / 1e6:.1f}M parameters on {procs.device}"
         + (f", {procs.world} processes" if procs.world > 1 else ""))
     cuda = procs.device.type == "cuda"
     model.to(procs.device, memory_format=torch.channels_last if cuda else torch.contiguous_format)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                weight_decay=cfg.optim.weight_decay)
+    optimizer = torch.optim.SGD(parameter_groups(model, pretrained, cfg.optim.pretrained_lr), lr=cfg.optim.lr,
+                                momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
 
     start, last_val, last_saved = 0, {}, None
     if procs.main:
@@ -291,7 +306,7 @@ def _fit(cfg: Config, resume: bool, procs: Processes) -> dict:
         batch_sampler=StepBatches(datasets, cfg.optim.batch_size, cfg.run.seed, start, total,
                                   procs.rank, procs.world),
         num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0,
-        prefetch_factor=4 if workers else None,
+        prefetch_factor=4 if workers else None, collate_fn=collate,
     )
 
     def save(step: int) -> None:
@@ -326,7 +341,7 @@ def _fit(cfg: Config, resume: bool, procs: Processes) -> dict:
     for x, y, task in loader:
         lr = lr_at(step, cfg.optim.lr, milestones)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)  # checkpoints before parameter groups have none
         x = as_input(x, procs.device)
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)

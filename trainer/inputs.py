@@ -33,12 +33,17 @@ import torch
 from flowprep.codec import decode_flow_components, decode_rgb_bgr, flow_levels
 from flowprep.store import FlowStore, decode_records
 from trainer.config import DataConfig
-
-# Krizhevsky et al.'s colour jitter: eigenvalues and eigenvectors of the RGB covariance of ImageNet.
-_PCA_VALUES = np.array([0.2175, 0.0188, 0.0045], np.float32)
-_PCA_VECTORS = np.array([[-0.5675, 0.7192, 0.4009],
-                         [-0.5808, -0.0045, -0.8140],
-                         [-0.5836, -0.6948, 0.4203]], np.float32)
+from trainer.crops import (  # noqa: F401 - corner_crops, fit_to_crop: part of this module's interface
+    centre_crop,
+    corner_crops,
+    crop_positions,
+    fit_to_crop,
+    flip_horizontal,
+    jitter_shift,
+    random_crop,
+    ten_crops,
+)
+from trainer.encoded import EncodedBatch, EncodedInput, decode_inputs, flow_plan, rgb_plan
 
 
 @dataclass
@@ -152,8 +157,11 @@ class PackedInput(NamedTuple):
         return self.levels.to(torch.float32).mul_(self.scale[..., None, None]).add_(self.offset[..., None, None])
 
 
-def as_input(batch: torch.Tensor | PackedInput, device: torch.device) -> torch.Tensor:
-    """A loader batch as float32 N×C×H×W on ``device`` (packed levels are moved first, then expanded)."""
+def as_input(batch: torch.Tensor | PackedInput | EncodedBatch, device: torch.device) -> torch.Tensor:
+    """A loader batch as float32 N×C×H×W on ``device`` (packed levels are moved first, then expanded;
+    encoded ones decoded there)."""
+    if isinstance(batch, EncodedBatch):
+        return decode_inputs(batch, device)
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     return PackedInput(*(t.to(device, non_blocking=True) for t in batch)).expand()
@@ -239,64 +247,6 @@ def rgb_level_planes(store: FlowStore, entry: VideoEntry, t: int) -> LevelPlanes
     return LevelPlanes([red, green, blue], np.full(3, 1 / 255), np.zeros(3), np.ones(3))
 
 
-# ---------------------------------------------------------------------------------------------
-# Cropping, flipping, normalisation (inputs are C×H×W float32)
-
-
-def flip_horizontal(array: np.ndarray, is_flow: bool) -> np.ndarray:
-    """Mirror a C×H×W input; for a flow volume also negate every dx channel (0, 2, 4, ...)."""
-    out = array[:, :, ::-1].copy()
-    if is_flow:
-        out[0::2] *= -1
-    return out
-
-
-def fit_to_crop(array: np.ndarray, crop: int, is_flow: bool) -> np.ndarray:
-    """Enlarge an input whose smaller side is below ``crop`` (flow values scale with it)."""
-    h, w = array.shape[1:]
-    if min(h, w) >= crop:
-        return array
-    scale = crop / min(h, w)
-    size = (max(crop, round(w * scale)), max(crop, round(h * scale)))
-    out = np.stack([cv2.resize(channel, size, interpolation=cv2.INTER_LINEAR) for channel in array])
-    return out * np.float32(scale) if is_flow else out
-
-
-def random_crop(array: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
-    h, w = array.shape[1:]
-    top, left = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
-    return array[:, top:top + crop, left:left + crop]
-
-
-def centre_crop(array: np.ndarray, crop: int) -> np.ndarray:
-    h, w = array.shape[1:]
-    top, left = (h - crop) // 2, (w - crop) // 2
-    return array[:, top:top + crop, left:left + crop]
-
-
-def crop_positions(shape: tuple[int, int], crop: int) -> list[tuple[int, int]]:
-    """(top, left) of the four corners and the centre (the test protocol's 5 crops)."""
-    h, w = shape
-    return [(0, 0), (0, w - crop), (h - crop, 0), (h - crop, w - crop), ((h - crop) // 2, (w - crop) // 2)]
-
-
-def corner_crops(array: np.ndarray, crop: int) -> list[np.ndarray]:
-    """The four corners and the centre (the test protocol's 5 crops)."""
-    return [array[:, top:top + crop, left:left + crop] for top, left in crop_positions(array.shape[1:], crop)]
-
-
-def jitter_shift(sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """A random multiple of the RGB principal components (Krizhevsky et al.'s colour jitter), per channel."""
-    alpha = rng.normal(0, sigma, 3).astype(np.float32)
-    return _PCA_VECTORS @ (alpha * _PCA_VALUES)
-
-
-def ten_crops(array: np.ndarray, crop: int, is_flow: bool) -> list[np.ndarray]:
-    """Four corners and centre, then the same five mirrored (flow: dx channels negated)."""
-    crops = corner_crops(array, crop)
-    return crops + [flip_horizontal(c, is_flow) for c in crops]
-
-
 @dataclass(frozen=True)
 class InputSpec:
     """Everything needed to build one input, picklable for DataLoader workers."""
@@ -312,12 +262,18 @@ class InputSpec:
     rgb_mean: tuple[float, float, float]
     rgb_std: tuple[float, float, float]
     flow_scale: float
+    decode: str = "cpu"  # cpu: workers decode; device: workers hand over JPEG bytes (trainer.encoded)
 
     @classmethod
-    def from_config(cls, data: DataConfig) -> InputSpec:
+    def from_config(cls, data: DataConfig, device_type: str = "cpu") -> InputSpec:
+        """The spec of ``data``; ``data.decode: auto`` decodes on the device where it is a GPU."""
+        decode = data.decode
+        if decode == "auto":
+            decode = "device" if device_type == "cuda" and (data.stream == "spatial"
+                                                          or data.stacking == "optical_flow") else "cpu"
         return cls(data.stream, data.flow_stack, data.stacking, data.bidirectional, data.mean_subtraction,
                    data.crop, data.flip, data.rgb_jitter, tuple(data.rgb_mean), tuple(data.rgb_std),
-                   data.flow_scale)
+                   data.flow_scale, decode)
 
     @property
     def channels(self) -> int:
@@ -336,6 +292,22 @@ class InputSpec:
         else:
             planes = flow_level_planes(store, entry, tau, self.flow_stack, self.bidirectional, self.mean_subtraction)
         return planes.enlarged(self.crop, self.stream == "temporal")
+
+    def plan(self, store: FlowStore, entry: VideoEntry, tau: int) -> EncodedInput:
+        """The input at τ as JPEG records and a plan, crops not yet chosen (``decode: device``)."""
+        if self.stream == "spatial":
+            return rgb_plan(store.records(entry.video, "rgb", [tau])[0], self.crop)
+        indices = field_indices(tau, entry.num_flows, self.flow_stack, self.bidirectional)
+        records = read_fields(store, entry.video, indices, decode=lambda record: record)
+        return flow_plan(records, self.mean_subtraction, self.crop)
+
+    def _planned(self, plan: EncodedInput, crops: list[tuple[int, int, bool]], shift: np.ndarray | None,
+                 packed: bool) -> torch.Tensor | EncodedInput:
+        scale, offset = self.normalisation(shift)
+        plan.crops = crops
+        plan.norm_scale = np.broadcast_to(np.asarray(scale, np.float64), plan.scale.shape).copy()
+        plan.norm_offset = np.broadcast_to(np.asarray(offset, np.float64), plan.scale.shape).copy()
+        return plan if packed else decode_inputs([plan], torch.device("cpu"))
 
     def raw(self, store: FlowStore, entry: VideoEntry, tau: int) -> np.ndarray:
         """The whole-frame C×H×W input at τ before cropping: RGB in [0, 1] or the flow volume in pixels,
@@ -368,9 +340,10 @@ class InputSpec:
         return tau_range(entry.num_flows, self.flow_stack, self.bidirectional)
 
     def training_input(self, store: FlowStore, entry: VideoEntry, seed: int,
-                       packed: bool = False) -> torch.Tensor | PackedInput:
+                       packed: bool = False) -> torch.Tensor | PackedInput | EncodedInput:
         """A random crop at a random τ, randomly mirrored, RGB colour-jittered; the same for the same seed.
-        ``packed``: as 8-bit levels where the input allows (:class:`PackedInput`)."""
+        ``packed``: as 8-bit levels where the input allows (:class:`PackedInput`), or with ``decode:
+        device`` still encoded (:class:`EncodedInput`)."""
         rng = np.random.default_rng(seed)
         lo, hi = self.tau_range(entry)
         tau = int(rng.integers(lo, hi + 1))
@@ -379,33 +352,44 @@ class InputSpec:
             if self.flip and rng.random() < 0.5:
                 array = flip_horizontal(array, True)
             return self.normalise(array)
-        levels = self.levels(store, entry, tau)
-        h, w = levels.shape
+        source = self.plan(store, entry, tau) if self.decode == "device" else self.levels(store, entry, tau)
+        h, w = source.shape
         top, left = int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
         flip = self.flip and rng.random() < 0.5
         shift = None
         if self.stream == "spatial" and self.rgb_jitter > 0:
             shift = jitter_shift(self.rgb_jitter, rng)
-        out = levels.crop(top, left, self.crop, self.crop, flip, *self.normalisation(shift))
+        if self.decode == "device":
+            return self._planned(source, [(top, left, flip)], shift, packed)
+        out = source.crop(top, left, self.crop, self.crop, flip, *self.normalisation(shift))
         return out if packed else out.expand()
 
     def test_crops(self, store: FlowStore, entry: VideoEntry, tau: int,
-                   packed: bool = False) -> torch.Tensor | PackedInput:
+                   packed: bool = False) -> torch.Tensor | PackedInput | EncodedInput:
         """The test protocol's 10 inputs of frame τ: the four corners and the centre, then the same five
         mirrored; 10×C×crop×crop (``packed``: as 8-bit levels where the input allows)."""
         if not self.from_levels:
             return torch.stack([self.normalise(c) for c in ten_crops(self.raw(store, entry, tau), self.crop, True)])
+        if self.decode == "device":
+            plan = self.plan(store, entry, tau)
+            crops = [(top, left, flip) for flip in (False, True) for top, left in crop_positions(plan.shape, self.crop)]
+            return self._planned(plan, crops, None, packed)
         levels, (scale, offset) = self.levels(store, entry, tau), self.normalisation()
         crops = [levels.crop(top, left, self.crop, self.crop, flip, scale, offset)
                  for flip in (False, True) for top, left in crop_positions(levels.shape, self.crop)]
         out = PackedInput(*(torch.stack(parts) for parts in zip(*crops, strict=True)))
         return out if packed else out.expand()
 
-    def centre_input(self, store: FlowStore, entry: VideoEntry) -> torch.Tensor:
+    def centre_input(self, store: FlowStore, entry: VideoEntry, packed: bool = False
+                     ) -> torch.Tensor | EncodedInput:
         lo, hi = self.tau_range(entry)
         tau = (lo + hi) // 2
         if not self.from_levels:
             return self.normalise(centre_crop(self.raw(store, entry, tau), self.crop))
+        if self.decode == "device":
+            plan = self.plan(store, entry, tau)
+            top, left = crop_positions(plan.shape, self.crop)[4]
+            return self._planned(plan, [(top, left, False)], None, packed)
         levels = self.levels(store, entry, tau)
         top, left = crop_positions(levels.shape, self.crop)[4]
         return levels.crop(top, left, self.crop, self.crop, False, *self.normalisation()).expand()

@@ -10,8 +10,6 @@ size, as Caffe and ``torch.nn.LocalResponseNorm`` do). Pooling rounds up (Caffe)
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
@@ -70,12 +68,105 @@ class CNNM2048(nn.Module):
         return list(self.heads.parameters())
 
 
+TIMM_PREFIX = "timm/"
+
+
+def torchvision_archs() -> list[str]:
+    """Names of torchvision's ImageNet classification models (empty without torchvision)."""
+    try:
+        import torchvision.models
+    except Exception:  # noqa: BLE001 - missing, or a torchvision that does not load with this torch
+        return []
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def arch_problem(arch: str) -> str | None:
+    """Why ``arch`` cannot be built here (None: it can), in one line saying how to name one."""
+    if arch == "cnn_m_2048":
+        return None
+    if arch.startswith(TIMM_PREFIX):
+        try:
+            import timm
+        except ImportError:
+            return f"model.arch {arch} needs timm (pip install 'twostream[timm]')"
+        if not timm.is_model(arch[len(TIMM_PREFIX):]):
+            return f"model.arch {arch}: timm has no model {arch[len(TIMM_PREFIX):]!r} (timm.list_models())"
+        return None
+    names = torchvision_archs()
+    if not names:
+        return f"model.arch {arch} needs torchvision (pip install 'twostream[vision]'), or use cnn_m_2048"
+    if arch not in names:
+        return (f"model.arch must be cnn_m_2048 (the paper's net), a torchvision classification model (resnet18 ... "
+                f"resnet152, vgg16, inception_v3, mobilenet_v3_large, efficientnet_b0, ...; {len(names)} in "
+                f"torchvision.models.list_models()) or timm/<name>; got {arch!r}")
+    return None
+
+
+def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+class BackboneNet(nn.Module):
+    """A torchvision or timm ImageNet model as a stream: its classifier replaced by dropout and one linear
+    head per dataset, its first conv taking ``in_channels`` (2L flow channels for a temporal net).
+    ``partial_bn``: BatchNorm statistics of every layer but the first stay frozen while training (TSN)."""
+
+    def __init__(self, arch: str, in_channels: int, heads: dict[str, int], dropout: float = 0.5,
+                 partial_bn: bool = False):
+        super().__init__()
+        problem = arch_problem(arch)
+        if problem:
+            raise ValueError(problem)
+        if arch.startswith(TIMM_PREFIX):
+            import timm
+
+            backbone = timm.create_model(arch[len(TIMM_PREFIX):], pretrained=False, num_classes=0)
+            features = backbone.num_features
+        else:
+            import torchvision.models
+
+            options = {"aux_logits": False, "init_weights": False} if arch in ("inception_v3", "googlenet") else {}
+            backbone = torchvision.models.get_model(arch, weights=None, **options)
+            name, last = [(n, m) for n, m in backbone.named_modules() if isinstance(m, nn.Linear)][-1]
+            _replace(backbone, name, nn.Identity())
+            features = last.in_features
+        conv_name, conv = next((n, m) for n, m in backbone.named_modules() if isinstance(m, nn.Conv2d))
+        if conv.in_channels != in_channels:
+            _replace(backbone, conv_name, nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                                    conv.padding, conv.dilation, conv.groups, conv.bias is not None))
+        self.arch, self.in_channels, self.partial_bn = arch, in_channels, partial_bn
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.heads = nn.ModuleDict({name: nn.Linear(features, n) for name, n in heads.items()})
+        for head in self.heads.values():
+            nn.init.normal_(head.weight, 0.0, 0.01)
+            nn.init.zeros_(head.bias)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        shared = self.dropout(torch.flatten(self.backbone(x), 1))
+        return {name: head(shared) for name, head in self.heads.items()}
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.heads.parameters())
+
+    def train(self, mode: bool = True) -> BackboneNet:
+        super().train(mode)
+        if mode and self.partial_bn:
+            norms = [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            for m in norms[1:]:
+                m.eval()
+        return self
+
+
 def build_model(stream: str, flow_stack: int, heads: dict[str, int], width: float, dropout: float,
-                input_size: int) -> CNNM2048:
-    """The spatial net (3 RGB channels) or the temporal net (2L flow channels, no second LRN)."""
-    if stream == "spatial":
-        return CNNM2048(3, heads, width, dropout, input_size, second_norm=True)
-    return CNNM2048(2 * flow_stack, heads, width, dropout, input_size, second_norm=False)
+                input_size: int, arch: str = "cnn_m_2048", partial_bn: bool = False) -> nn.Module:
+    """The spatial net (3 RGB channels) or the temporal net (2L flow channels; CNN-M-2048 without its
+    second LRN, as the paper). ``arch``: cnn_m_2048, a torchvision model name or timm/<name>."""
+    channels = 3 if stream == "spatial" else 2 * flow_stack
+    if arch == "cnn_m_2048":
+        return CNNM2048(channels, heads, width, dropout, input_size, second_norm=stream == "spatial")
+    return BackboneNet(arch, channels, heads, dropout, partial_bn)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -84,32 +175,3 @@ def count_parameters(model: nn.Module) -> int:
 
 class WeightsError(Exception):
     """A weights file that cannot be loaded into the model."""
-
-
-def load_pretrained(model: nn.Module, path: str | os.PathLike) -> dict[str, list[str]]:
-    """Load weights from a local file (a state dict, or a ``trainer fit`` checkpoint) by name.
-
-    Tensors whose shape differs from the model's (e.g. a classifier for another number of classes)
-    are skipped. Returns {"loaded", "missing", "unexpected", "mismatched"} key lists for the report.
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets one line
-        raise WeightsError(f"{path}: not a PyTorch weights file ({type(exc).__name__}: {exc})") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path}: expected a state dict of tensors")
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    mismatched = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-                  if k in own and own[k].shape != v.shape]
-    model.load_state_dict(usable, strict=False)
-    if not usable:
-        raise WeightsError(f"{path}: no tensor matches the model's names and shapes")
-    return {
-        "loaded": sorted(usable),
-        "missing": sorted(k for k in own if k not in usable),
-        "unexpected": sorted(k for k in state if k not in own),
-        "mismatched": mismatched,
-    }

@@ -1,0 +1,158 @@
+"""Inputs decoded on the training device (``data.decode: device``).
+
+On the CPU path a DataLoader worker decodes a temporal input's 20 JPEGs (about 80 % of its cost,
+bench/loader.py) and hands over 8-bit crops. Here the worker only reads the records (one LMDB
+transaction, no decoding) and draws the crop, flip and jitter; it hands over the JPEG bytes and
+a plan (:class:`EncodedInput`). The training process decodes the whole batch's JPEGs in one call of
+torchvision's ``decode_jpeg`` on its device (nvJPEG on a GPU) and applies the plan with tensor ops:
+the same affine-per-channel steps as :class:`trainer.inputs.LevelPlanes` — dequantisation, each
+field's mean subtracted (from its decoded levels), enlarging a frame smaller than the crop, crops,
+mirroring with dx negated, normalisation. The result equals the CPU path's to within the decoders'
+rounding (both are libjpeg-turbo on a CPU: identical; an enlarged frame: 1 level).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from flowprep.codec import FIXED, level_affine, unpack_flow_record
+from flowprep.jpeg import jpeg_info
+
+
+@dataclass
+class EncodedInput:
+    """One sample's JPEG records and what to cut from them; channel c of a crop at (top, left) is
+    ``scale[c] · level + offset[c]`` where ``offset`` is taken from the plane's mean level instead
+    with ``mean_subtraction`` (offset = −scale · mean)."""
+
+    jpegs: list[bytes]  # one RGB frame (3 planes), or the grey dx and dy of each field
+    colour: bool
+    size: tuple[int, int]  # (height, width) of the decoded planes, pixels
+    scale: np.ndarray  # per channel: level → input units, before normalisation
+    offset: np.ndarray
+    low: np.ndarray  # per channel: lowest level (1 for fixed-bound flow: JPEG may return 0)
+    mean_subtraction: bool
+    mirror_sign: np.ndarray  # −1 where a mirror negates the channel (flow dx)
+    enlarge: tuple[int, int] | None  # (height, width) to resize the planes to, pixels
+    gain: float  # values grow with an enlarged flow field
+    crop: int
+    crops: list[tuple[int, int, bool]]  # (top, left, flip) in the (enlarged) planes
+    norm_scale: np.ndarray  # per channel: the normalisation x → norm_scale · x + norm_offset
+    norm_offset: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.enlarge or self.size
+
+
+class EncodedBatch(list):
+    """The samples of one batch, decoded together by :func:`decode_inputs`."""
+
+
+def enlarged_size(size: tuple[int, int], crop: int) -> tuple[tuple[int, int] | None, float]:
+    """((height, width) or None, factor): the planes' size once the smaller side is at least ``crop``,
+    as :meth:`trainer.inputs.LevelPlanes.enlarged` computes it."""
+    h, w = size
+    if min(h, w) >= crop:
+        return None, 1.0
+    factor = crop / min(h, w)
+    return (max(crop, round(h * factor)), max(crop, round(w * factor))), factor
+
+
+def flow_plan(records: Sequence[bytes], mean_subtraction: bool, crop: int) -> EncodedInput:
+    """The plan of a flow volume from its L records in channel order (crops filled in by the caller)."""
+    jpegs, scale, offset, low = [], [], [], []
+    for record in records:
+        mode, x_range, y_range, jx, jy = unpack_flow_record(record)
+        for jpeg, (lo, hi) in ((jx, x_range), (jy, y_range)):
+            a, b = level_affine(mode, lo, hi)
+            jpegs.append(bytes(jpeg))
+            scale.append(a)
+            offset.append(b)
+            low.append(1 if mode == FIXED else 0)
+    info = jpeg_info(jpegs[0])
+    enlarge, factor = enlarged_size((info.height, info.width), crop)
+    channels = len(jpegs)
+    return EncodedInput(jpegs, False, (info.height, info.width), np.array(scale), np.array(offset), np.array(low),
+                        mean_subtraction, np.tile(np.array([-1.0, 1.0]), channels // 2), enlarge, factor, crop, [],
+                        np.ones(channels), np.zeros(channels))
+
+
+def rgb_plan(record: bytes, crop: int) -> EncodedInput:
+    """The plan of one RGB frame (values in [0, 1] before normalisation)."""
+    info = jpeg_info(record)
+    enlarge, _ = enlarged_size((info.height, info.width), crop)
+    return EncodedInput([bytes(record)], True, (info.height, info.width), np.full(3, 1 / 255), np.zeros(3),
+                        np.zeros(3), False, np.ones(3), enlarge, 1.0, crop, [], np.ones(3), np.zeros(3))
+
+
+def _decode_all(batch: Sequence[EncodedInput], device: torch.device) -> list[torch.Tensor]:
+    """Every sample's planes as a C×H×W uint8 tensor on ``device``: one decode_jpeg call per kind."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    out: list[list[torch.Tensor]] = [[] for _ in batch]
+    for colour, mode in ((False, ImageReadMode.GRAY), (True, ImageReadMode.RGB)):
+        owners = [i for i, s in enumerate(batch) if s.colour == colour for _ in s.jpegs]
+        if not owners:
+            continue
+        data = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for s in batch if s.colour == colour
+                for j in s.jpegs]
+        images = decode_jpeg(data, mode=mode, device=device)
+        for owner, image in zip(owners, images, strict=True):
+            out[owner].append(image)
+    return [torch.cat(planes) for planes in out]
+
+
+def _sample_crops(planes: torch.Tensor, sample: EncodedInput) -> torch.Tensor:
+    """The sample's crops (K×C×crop×crop float32) from its decoded planes."""
+    device = planes.device
+    low = torch.as_tensor(sample.low, dtype=torch.uint8, device=device)[:, None, None]
+    planes = torch.maximum(planes, low)
+    scale = torch.as_tensor(sample.scale, dtype=torch.float64, device=device)
+    if sample.mean_subtraction:
+        offset = -scale * planes.to(torch.float64).mean(dim=(1, 2))
+    else:
+        offset = torch.as_tensor(sample.offset, dtype=torch.float64, device=device)
+    levels = planes.to(torch.float32)
+    if sample.enlarge is not None:
+        levels = F.interpolate(levels[None], size=sample.enlarge, mode="bilinear", align_corners=False,
+                               antialias=False)[0].round_().clamp_(0, 255)
+        scale, offset = scale * sample.gain, offset * sample.gain
+    norm_scale = torch.as_tensor(sample.norm_scale, dtype=torch.float64, device=device)
+    norm_offset = torch.as_tensor(sample.norm_offset, dtype=torch.float64, device=device)
+    sign = torch.as_tensor(sample.mirror_sign, dtype=torch.float64, device=device)
+    crops = []
+    c = sample.crop
+    for top, left, flip in sample.crops:
+        gain = norm_scale * sign if flip else norm_scale
+        region = levels[:, top:top + c, left:left + c]
+        if flip:
+            region = region.flip(-1)
+        s = (scale * gain).to(torch.float32)[:, None, None]
+        o = (offset * gain + norm_offset).to(torch.float32)[:, None, None]
+        crops.append(region * s + o)
+    return torch.stack(crops)
+
+
+def decode_inputs(batch: Sequence[EncodedInput], device: torch.device) -> torch.Tensor:
+    """All crops of all samples, in order, as float32 N×C×crop×crop on ``device``."""
+    planes = _decode_all(batch, device)
+    return torch.cat([_sample_crops(p, s) for p, s in zip(planes, batch, strict=True)])
+
+
+def collate(batch: list) -> object:
+    """The DataLoader's collate function: encoded samples stay a list (an :class:`EncodedBatch`), the
+    rest is stacked as torch does."""
+    first = batch[0]
+    if isinstance(first, EncodedInput):
+        return EncodedBatch(batch)
+    if isinstance(first, tuple) and isinstance(first[0], EncodedInput):
+        inputs = EncodedBatch(item[0] for item in batch)
+        rest = torch.utils.data.default_collate([item[1:] for item in batch])
+        return (inputs, *rest)
+    return torch.utils.data.default_collate(batch)
