@@ -62,7 +62,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     arch: str = "cnn_m_2048"  # or a torchvision classification model (resnet50, ...) or timm/<name>
-    width: float = 1.0  # channel multiplier of cnn_m_2048 (1.0: the paper's net)
+    width: float = 1.0  # channel multiplier of cnn_m_2048 (1.0: the paper's net); other archs ignore it
     dropout: float = 0.9  # after full6 and full7 (cnn_m_2048); before the heads (other archs)
     pretrained: str | None = None  # local weights file: .caffemodel, state dict (.pth/.safetensors), checkpoint
     pretrained_partial: bool = False  # load what fits even where more than the classifier is new
@@ -212,8 +212,6 @@ def validate(cfg: Config) -> None:
         (0 < d.flow_scale <= 100, f"data.flow_scale must be in (0, 100] (input units per pixel), got {d.flow_scale}"),
         (len(d.datasets) >= 1, "data.datasets must list at least one dataset"),
         (0 < m.width <= 4, f"model.width must be in (0, 4], got {m.width}"),
-        (m.arch == "cnn_m_2048" or m.width == 1.0, f"model.width applies to cnn_m_2048 only, got {m.width} "
-                                                    f"with {m.arch}"),
         (isinstance(m.caffe_mean, str) or len(m.caffe_mean) == 3,
          f"model.caffe_mean must be 3 numbers (B, G, R in 0..255) or a .binaryproto file, got {m.caffe_mean}"),
         (0 <= o.pretrained_lr <= 10, f"optim.pretrained_lr must be in [0, 10] (a multiplier), got {o.pretrained_lr}"),

@@ -251,7 +251,10 @@ def _fit(cfg: Config, resume: bool, procs: Processes) -> dict:
     torch.manual_seed(cfg.run.seed)
     model, pretrained = _build(cfg, datasets, log)
     arch = "CNN-M-2048" if cfg.model.arch == "cnn_m_2048" else cfg.model.arch
-    log(f"{cfg.data.stream} {arch} (width {cfg.model.width}, {spec.channels} input channels, "
+    if cfg.model.arch != "cnn_m_2048" and cfg.model.width != 1.0:
+        log(f"note: model.width {cfg.model.width} scales cnn_m_2048 only; {arch} is built as its library defines it")
+    log(f"{cfg.data.stream} {arch} ({f'width {cfg.model.width}, ' if arch == 'CNN-M-2048' else ''}"
+        f"{spec.channels} input channels, "
         f"{cfg.data.crop}x{cfg.data.crop}): {count_parameters(model) / 1e6:.1f}M parameters on {procs.device}"
         + (f", {procs.world} processes" if procs.world > 1 else ""))
     cuda = procs.device.type == "cuda"
