@@ -76,6 +76,8 @@ def _target_levels(record: memoryview, lo: float, hi: float, quality: int) -> tu
         pixels = level_values(*level_affine(mode, r_lo, r_hi))
         lut = np.clip(np.rint((pixels - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
         ok, buf = cv2.imencode(".jpg", cv2.LUT(levels, lut), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise StoreError("JPEG encoding of a flow field failed")
         out.append(buf.tobytes())
     return out[0], out[1], True
 

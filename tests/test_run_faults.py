@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import write_config
@@ -223,3 +224,13 @@ def test_ctrl_c_while_starting_is_quiet(tiny: Path, tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=120)
         assert "Traceback" not in err, err
         assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, err)
+
+
+def test_any_junk_file_is_an_unreadable_checkpoint(tmp_path: Path) -> None:
+    """torch.load of random bytes fails in many ways (IndexError, KeyError, UnpicklingError, ...): each
+    is one CheckpointError line, never a traceback (seed 17 gave an IndexError, seed 62 a KeyError)."""
+    for seed in range(80):
+        path = tmp_path / f"junk-{seed}.pt"
+        path.write_bytes(np.random.default_rng(seed).bytes(4096))
+        with pytest.raises(ckpt.CheckpointError, match="not a readable checkpoint"):
+            ckpt.load(path)
