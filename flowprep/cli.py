@@ -13,7 +13,7 @@ import cv2
 from click.core import ParameterSource
 
 from flowprep.check import summarize, verify
-from flowprep.cli_common import bound_value, fail, human_bytes, parse_size
+from flowprep.cli_common import bound_value, echo_run_report, fail, human_bytes, parse_size, rate_text, videos_bar
 from flowprep.extract import Compute, ExtractReport, ExtractSettings, SourceError, run_extract
 from flowprep.flow import (
     ALGORITHMS,
@@ -175,13 +175,10 @@ def extract(source: Path, out: Path | None, data_root: Path | None, algo: str, b
             nonlocal bar
             where = f"Dask cluster {scheduler}" if scheduler else f"{gpus or workers} worker(s)"
             click.echo(f"{todo} videos to extract ({skipped} already in {out}), {where}, algo {algo}", err=True)
-            bar = stack.enter_context(click.progressbar(
-                length=todo, label="videos", file=sys.stderr, show_pos=True, show_eta=True,
-                item_show_func=lambda text: text))
+            bar = videos_bar(stack, todo)
 
         def on_progress(done: int, report: ExtractReport) -> None:
-            rate = report.pairs / report.seconds if report.seconds else 0.0
-            bar.update(1, f"{rate:.1f} pairs/s, {len(report.failures)} failed")
+            bar.update(1, f"{rate_text(report, 'pairs', 1)}, {len(report.failures)} failed")
 
         try:
             report = run_extract(source, out, settings, workers=workers, gpus=gpus,
@@ -190,14 +187,7 @@ def extract(source: Path, out: Path | None, data_root: Path | None, algo: str, b
                                  compute=Compute(device, max_batch))
         except (SourceError, StoreError, FlowError, ValueError) as exc:
             fail(str(exc))
-    for note in report.notes:
-        click.echo(f"note: {note}", err=True)
-    rate = report.pairs / report.seconds if report.seconds else 0.0
-    click.echo(f"stored {report.stored} videos ({report.pairs} flow pairs, {human_bytes(report.bytes)}) in "
-               f"{report.seconds:.1f} s, {rate:.1f} pairs/s; skipped {report.skipped} already complete; "
-               f"failed {len(report.failures)}", err=True)
-    for failure in report.failures:
-        click.echo(f"  failed: {failure.path}: {failure.reason}", err=True)
+    echo_run_report(report, "pairs", 1)
     if pipeline is not None and not report.interrupted:
         store = FlowStore(out)
         for line in _split_reports(pipeline, store.videos(), str(out))[0]:

@@ -1,13 +1,16 @@
-"""What the ``flowprep`` commands share: one-line errors, sizes, the --bound option."""
+"""What the ``flowprep`` commands share: one-line errors, sizes, the --bound option, the progress
+bar and summary of a run that stores videos (extract, import)."""
 
 from __future__ import annotations
 
 import re
 import sys
+from contextlib import ExitStack
 
 import click
 
 from flowprep.codec import parse_bound
+from flowprep.extract import ExtractReport
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -36,3 +39,29 @@ def bound_value(ctx: click.Context, param: click.Parameter, value: str) -> float
         return parse_bound(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def videos_bar(stack: ExitStack, todo: int):
+    """A progress bar over ``todo`` videos on stderr (position, ETA and a status text), closed with ``stack``."""
+    return stack.enter_context(click.progressbar(length=todo, label="videos", file=sys.stderr, show_pos=True,
+                                                 show_eta=True, item_show_func=lambda text: text))
+
+
+def rate_text(report: ExtractReport, unit: str, digits: int) -> str:
+    rate = report.pairs / report.seconds if report.seconds else 0.0
+    return f"{rate:.{digits}f} {unit}/s"
+
+
+def echo_run_report(report: ExtractReport, unit: str, digits: int, notes_shown: int = 20) -> None:
+    """Notes, the summary line and every failure of an extract or import run, on stderr. ``unit``:
+    what a flow record is called ("pairs", "fields")."""
+    for note in report.notes[:notes_shown]:
+        click.echo(f"note: {note}", err=True)
+    if len(report.notes) > notes_shown:
+        click.echo(f"note: ... and {len(report.notes) - notes_shown} more (each video's metadata keeps its notes)",
+                   err=True)
+    click.echo(f"stored {report.stored} videos ({report.pairs} flow {unit}, {human_bytes(report.bytes)}) in "
+               f"{report.seconds:.1f} s, {rate_text(report, unit, digits)}; skipped {report.skipped} already "
+               f"complete; failed {len(report.failures)}", err=True)
+    for failure in report.failures:
+        click.echo(f"  failed: {failure.path}: {failure.reason}", err=True)

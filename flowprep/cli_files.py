@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from flowprep.cli_common import fail, human_bytes, parse_size
+from flowprep.cli_common import echo_run_report, fail, human_bytes, parse_size, rate_text, videos_bar
 from flowprep.exporter import ExportReport, run_export
 from flowprep.extract import ExtractReport
 from flowprep.flow import ALGORITHMS
@@ -76,29 +76,17 @@ def import_command(source: Path, out: Path, layout: str, rgb_tree: Path | None, 
             nonlocal bar
             click.echo(f"{todo} videos to import ({skipped} already in {out}), {chosen.name} layout, "
                        f"{' + '.join(settings.streams)}, {workers} reader(s)", err=True)
-            bar = stack.enter_context(click.progressbar(
-                length=todo, label="videos", file=sys.stderr, show_pos=True, show_eta=True,
-                item_show_func=lambda text: text))
+            bar = videos_bar(stack, todo)
 
         def on_progress(done: int, report: ExtractReport) -> None:
-            rate = report.pairs / report.seconds if report.seconds else 0.0
-            bar.update(1, f"{rate:.0f} fields/s, {len(report.failures)} failed")
+            bar.update(1, f"{rate_text(report, 'fields', 0)}, {len(report.failures)} failed")
 
         try:
             report = run_import(source, out, chosen, settings, rgb_tree, workers, parse_size(shard_size),
                                 on_start, on_progress, videos, trim_rgb)
         except (LayoutError, StoreError, ValueError) as exc:
             fail(str(exc))
-    for note in report.notes[:20]:
-        click.echo(f"note: {note}", err=True)
-    if len(report.notes) > 20:
-        click.echo(f"note: ... and {len(report.notes) - 20} more (each video's metadata keeps its notes)", err=True)
-    rate = report.pairs / report.seconds if report.seconds else 0.0
-    click.echo(f"stored {report.stored} videos ({report.pairs} flow fields, {human_bytes(report.bytes)}) in "
-               f"{report.seconds:.1f} s, {rate:.0f} fields/s; skipped {report.skipped} already complete; "
-               f"failed {len(report.failures)}", err=True)
-    for failure in report.failures:
-        click.echo(f"  failed: {failure.path}: {failure.reason}", err=True)
+    echo_run_report(report, "fields", 0)
     if report.interrupted:
         click.echo("interrupted: run the same command again to resume", err=True)
         sys.exit(130)

@@ -27,7 +27,7 @@ from joblib import Parallel, delayed
 from flowprep import __version__
 from flowprep.codec import encode_flow, encode_rgb
 from flowprep.flow import check_params, create_flow, has_opencv_cuda_brox, torch_cuda_devices, try_params
-from flowprep.settings import ExtractSettings, check_settings
+from flowprep.settings import ExtractSettings, ImportSettings, check_settings
 from flowprep.store import (
     FAILURES_FILE,
     MAX_KEY_BYTES,
@@ -76,6 +76,35 @@ class ExtractReport:
     seconds: float = 0.0
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)
+
+    def count_stored(self, meta: dict) -> None:
+        """Count one committed video (its metadata as stored)."""
+        self.stored += 1
+        self.pairs += meta["num_flows"]
+        self.bytes += meta["rgb_bytes"] + meta["flow_bytes"]
+
+
+def begin_run(writer: ShardWriter, out: Path, settings: ExtractSettings | ImportSettings, videos: list[str],
+              report: ExtractReport) -> dict[str, dict]:
+    """Start a run on a store whose lock ``writer`` holds: its settings checked (written on the first
+    run, rebuilt if lost), ``report.skipped`` set to the ``videos`` already complete, and the failure
+    list read with their entries dropped. Returns the failure list (written back by the caller)."""
+    note = check_settings(out, settings, writer.metas())
+    if note:
+        report.notes.append(note)
+    failures = read_failures(out)
+    complete = [video for video in videos if video in writer.complete]
+    report.skipped = len(complete)
+    for video in complete:
+        failures.pop(video, None)
+    return failures
+
+
+def record_failure(out: Path, failures: dict[str, dict], report: ExtractReport, failure: Failure) -> None:
+    """Add a failed video to the report and to ``OUT/failures.json`` (rewritten at once)."""
+    report.failures.append(failure)
+    failures[failure.video] = {"path": failure.path, "reason": failure.reason}
+    write_json_atomic(out / FAILURES_FILE, failures)
 
 
 def _video_id(path: Path, root: Path) -> str:
@@ -320,15 +349,8 @@ def run_extract(source: str | os.PathLike, out: str | os.PathLike, settings: Ext
     start = time.perf_counter()
     # the lock first: the settings are read, rebuilt or written only by the store's one writer
     with ShardWriter(out, shard_bytes=shard_bytes, what="flowprep extract") as writer:
-        note = check_settings(out, settings, writer.metas())
-        if note:
-            report.notes.append(note)
-        failures = read_failures(out)
+        failures = begin_run(writer, out, settings, [s.video for s in sources], report)
         todo = [s for s in sources if s.video not in writer.complete]
-        report.skipped = len(sources) - len(todo)
-        for s in sources:
-            if s.video in writer.complete:
-                failures.pop(s.video, None)
         if on_start is not None:
             on_start(len(todo), report.skipped)
         with tempfile.TemporaryDirectory(prefix="flowprep-run-") as run_dir:
@@ -336,16 +358,12 @@ def run_extract(source: str | os.PathLike, out: str | os.PathLike, settings: Ext
             try:
                 for done, result in enumerate(results, start=1):
                     if isinstance(result, Failure):
-                        report.failures.append(result)
-                        failures[result.video] = {"path": result.path, "reason": result.reason}
-                        write_json_atomic(out / FAILURES_FILE, failures)
+                        record_failure(out, failures, report, result)
                     elif result.video in writer.complete:
                         continue  # a task run twice (a cluster worker died after finishing it)
                     else:
                         writer.put_video(result.video, result.records, result.meta)
-                        report.stored += 1
-                        report.pairs += result.meta["num_flows"]
-                        report.bytes += result.meta["rgb_bytes"] + result.meta["flow_bytes"]
+                        report.count_stored(result.meta)
                         if failures.pop(result.video, None) is not None:
                             write_json_atomic(out / FAILURES_FILE, failures)
                     report.seconds = time.perf_counter() - start

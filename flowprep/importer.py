@@ -27,11 +27,11 @@ import cv2
 import numpy as np
 
 from flowprep.codec import linear_range, pack_flow_jpegs
-from flowprep.extract import ExtractReport, Failure, library_versions
+from flowprep.extract import ExtractReport, Failure, begin_run, library_versions, record_failure
 from flowprep.jpeg import JpegError, JpegInfo, jpeg_info
 from flowprep.layouts import Layout, VideoFolders, find_video_folders, scan_folder
-from flowprep.settings import ImportSettings, check_settings
-from flowprep.store import FAILURES_FILE, MAX_KEY_BYTES, ShardWriter, read_failures, record_key, write_json_atomic
+from flowprep.settings import ImportSettings
+from flowprep.store import FAILURES_FILE, MAX_KEY_BYTES, ShardWriter, record_key, write_json_atomic
 
 # a 3-channel flow file is read as its luma; it must be grey (the same value in each channel) for that
 # to be the flow component. Levels of chroma noise a JPEG of a grey image keeps, at most:
@@ -278,9 +278,7 @@ class _Committer:
 
     def add(self, result: ImportedVideo | Failure) -> None:
         if isinstance(result, Failure):
-            self.report.failures.append(result)
-            self.failures[result.video] = {"path": result.path, "reason": result.reason}
-            write_json_atomic(self.out / FAILURES_FILE, self.failures)
+            record_failure(self.out, self.failures, self.report, result)
             return
         self.batch.append(result)
         if (sum(v.meta["rgb_bytes"] + v.meta["flow_bytes"] for v in self.batch) >= _BATCH_BYTES
@@ -293,9 +291,7 @@ class _Committer:
             return
         self.writer.put_videos([(v.video, v.records, v.meta) for v in self.batch])
         for v in self.batch:
-            self.report.stored += 1
-            self.report.pairs += v.meta["num_flows"]
-            self.report.bytes += v.meta["rgb_bytes"] + v.meta["flow_bytes"]
+            self.report.count_stored(v.meta)
             self.report.notes += [f"{v.video}: {n}" for n in v.meta["import_notes"]]
         cleared = [v.video for v in self.batch if self.failures.pop(v.video, None) is not None]
         if cleared:
@@ -323,15 +319,8 @@ def run_import(source: str | os.PathLike, out: str | os.PathLike, layout: Layout
     report = ExtractReport(total=len(videos))
     start = time.perf_counter()
     with ShardWriter(out, shard_bytes=shard_bytes, what="flowprep import") as writer:
-        note = check_settings(out, settings, writer.metas())
-        if note:
-            report.notes.append(note)
-        failures = read_failures(out)
+        failures = begin_run(writer, out, settings, [v.video for v in videos], report)
         todo = [v for v in videos if v.video not in writer.complete]
-        report.skipped = len(videos) - len(todo)
-        for v in videos:
-            if v.video in writer.complete:
-                failures.pop(v.video, None)
         if on_start is not None:
             on_start(len(todo), report.skipped)
         committer = _Committer(writer, out, report, failures)
