@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flowprep.codec import FIXED, LINEAR, level_affine, level_values, linear_range, unpack_flow_record
+from flowprep.codec import LINEAR, RecordError, flow_levels, level_values, linear_range, unpack_flow_record
 from flowprep.layouts import Layout
 from flowprep.lock import FolderBusyError, FolderLock
 from flowprep.store import FlowStore, StoreError, read_json, video_streams, write_json_atomic
@@ -66,15 +66,13 @@ def _target_levels(record: memoryview, lo: float, hi: float, quality: int) -> tu
     mode, x_range, y_range, jx, jy = unpack_flow_record(record)
     if mode == LINEAR and all(abs(a - b) < 1e-4 for a, b in zip(x_range + y_range, (lo, hi, lo, hi), strict=True)):
         return bytes(jx), bytes(jy), False
+    try:
+        qx, qy, x_affine, y_affine = flow_levels(record)  # fixed-bound levels clamped as every reader does
+    except RecordError as exc:
+        raise StoreError(f"a flow record does not decode ({exc})") from None
     out = []
-    for (r_lo, r_hi), jpeg in ((x_range, jx), (y_range, jy)):
-        levels = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
-        if levels is None:
-            raise StoreError("a flow record does not decode")
-        if mode == FIXED:
-            cv2.max(levels, 1, dst=levels)
-        pixels = level_values(*level_affine(mode, r_lo, r_hi))
-        lut = np.clip(np.rint((pixels - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+    for levels, affine in ((qx, x_affine), (qy, y_affine)):
+        lut = np.clip(np.rint((level_values(*affine) - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
         ok, buf = cv2.imencode(".jpg", cv2.LUT(levels, lut), [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
             raise StoreError("JPEG encoding of a flow field failed")
@@ -82,10 +80,9 @@ def _target_levels(record: memoryview, lo: float, hi: float, quality: int) -> tu
     return out[0], out[1], True
 
 
-def _write_video(store: FlowStore, video: str, layout: Layout, staging: Path, lo: float, hi: float,
+def _write_video(store: FlowStore, video: str, meta: dict, layout: Layout, staging: Path, lo: float, hi: float,
                  quality: int, report: ExportReport) -> dict[str, Path]:
     """Write one video's files under ``staging``, one folder per final folder; {role: staged folder}."""
-    meta = store.meta(video)
     streams = video_streams(meta)
     staged = {role: staging / (role if layout.uv else "all") for role in _folders(staging, layout, video, streams)}
     for folder in set(staged.values()):
@@ -143,9 +140,10 @@ def run_export(store_path: str | os.PathLike, out: str | os.PathLike, layout: La
         write_json_atomic(out / EXPORT_FILE, settings)
         staging_root = out / _STAGING
         shutil.rmtree(staging_root, ignore_errors=True)
+        metas = {video: store.meta(video) for video in wanted}
         todo = []
         for video in wanted:
-            finals = set(_folders(out, layout, video, video_streams(store.meta(video))).values())
+            finals = set(_folders(out, layout, video, video_streams(metas[video])).values())
             if all(f.is_dir() for f in finals):
                 report.skipped += 1
             else:
@@ -157,8 +155,8 @@ def run_export(store_path: str | os.PathLike, out: str | os.PathLike, layout: La
         for done, video in enumerate(todo, start=1):
             staging = staging_root / str(done)
             try:
-                staged = _write_video(store, video, layout, staging, lo, hi, quality, report)
-                for role, final in _folders(out, layout, video, video_streams(store.meta(video))).items():
+                staged = _write_video(store, video, metas[video], layout, staging, lo, hi, quality, report)
+                for role, final in _folders(out, layout, video, video_streams(metas[video])).items():
                     if staged[role].is_dir():
                         final.parent.mkdir(parents=True, exist_ok=True)
                         os.replace(staged[role], final)
