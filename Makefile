@@ -106,6 +106,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/import.py
 	$(BIN)/python bench/feed.py
+	$(BIN)/python bench/zero_level.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
