@@ -29,14 +29,16 @@ import numpy as np
 import torch
 import yaml
 
-from flowprep.extract import ExtractSettings, run_extract
-from flowprep.store import FlowStore
+from flowprep.extract import run_extract
+from flowprep.storage.settings import ExtractSettings
+from flowprep.storage.store import FlowStore
 from trainer.config import load_config
 from trainer.encoded import collate
 from trainer.fit import fit
-from trainer.inputs import InputSpec, VideoEntry, as_input
+from trainer.inputs import InputSpec, to_device
 from trainer.metrics import read_rows
 from trainer.models import build_model
+from trainer.volumes import VideoEntry
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -65,7 +67,7 @@ def make_store(root: Path) -> Path:
 
 
 def entries(store: FlowStore) -> list[VideoEntry]:
-    return [VideoEntry(m["video"], 0, m["num_frames"], m["num_flows"], m["num_backward"]) for m in store.iter_meta()]
+    return [VideoEntry.of(meta, 0) for meta in store.iter_video_meta()]
 
 
 def compute_rate(stream: str, batch: int, width: float, steps: int, device: torch.device) -> float:
@@ -75,9 +77,7 @@ def compute_rate(stream: str, batch: int, width: float, steps: int, device: torc
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    x = torch.randn(batch, 3 if stream == "spatial" else 20, 224, 224, device=device)
-    if cuda:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = to_device(torch.randn(batch, 3 if stream == "spatial" else 20, 224, 224), device)
     y = torch.randint(0, 101, (batch,), device=device)
 
     def step() -> None:
@@ -118,10 +118,10 @@ def loader_rate(spec: InputSpec, store: FlowStore, videos: list[VideoEntry], bat
                                          prefetch_factor=4 if workers else None)
     it = iter(loader)
     for _ in range(2):  # workers started, caches warm
-        as_input(next(it)[0], device)
+        to_device(next(it)[0], device)
     start = time.perf_counter()
     for _ in range(batches):
-        x = as_input(next(it)[0], device)
+        x = to_device(next(it)[0], device)
     if device.type == "cuda":
         torch.cuda.synchronize()
     del x

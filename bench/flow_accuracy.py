@@ -16,8 +16,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flowprep.flow import ALGORITHMS, create_flow, end_point_error, read_flo, torch_cuda_devices
-from flowprep.pairs import SYNTHETIC_PAIRS, interior
+from flowprep.algorithms.devices import torch_cuda_devices
+from flowprep.algorithms.middlebury import end_point_error, read_flo
+from flowprep.algorithms.pairs import SYNTHETIC_PAIRS, interior
+from flowprep.algorithms.registry import ALGORITHMS, create_flow
 
 FLOW_GT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flow-gt"
 

@@ -17,8 +17,9 @@ import time
 import cv2
 import numpy as np
 
-from flowprep.flow import create_flow, has_opencv_cuda_brox, torch_cuda_devices
-from flowprep.pairs import translation
+from flowprep.algorithms.devices import has_opencv_cuda_brox, torch_cuda_devices
+from flowprep.algorithms.pairs import translation
+from flowprep.algorithms.registry import create_flow
 
 SIZES = ((320, 240), (340, 256))
 

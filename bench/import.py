@@ -28,7 +28,7 @@ import numpy as np
 
 from flowprep.importer import import_video, run_import
 from flowprep.layouts import LAYOUTS, find_video_folders
-from flowprep.settings import ImportSettings
+from flowprep.storage.settings import ImportSettings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CLIP = SHARED / "videos" / "ucf101" / "v_ApplyEyeMakeup_g01_c01.avi"

@@ -24,9 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowprep.codec import HEADER
-from flowprep.store import FlowStore, close_env
-from trainer.inputs import InputSpec, PackedInput, VideoEntry, as_input
+from flowprep.storage.codec import HEADER
+from flowprep.storage.shard import close_env
+from flowprep.storage.store import FlowStore
+from trainer.inputs import InputSpec, as_input
+from trainer.planes import PackedInput
+from trainer.volumes import VideoEntry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +55,7 @@ class FileStore:
         return out
 
     def rgb(self, video: str, t: int) -> np.ndarray:
-        from flowprep.codec import decode_rgb
+        from flowprep.storage.codec import decode_rgb
 
         return decode_rgb((self.root / video / f"img_{t + 1:05d}.jpg").read_bytes())
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flowprep.codec import decode_flow, encode_flow
-from flowprep.flow import ALGORITHMS, create_flow, end_point_error
+from flowprep.algorithms.middlebury import end_point_error
+from flowprep.algorithms.registry import ALGORITHMS, create_flow
+from flowprep.storage.codec import decode_flow, encode_flow
 from flowprep.video import read_frames
 
 VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"

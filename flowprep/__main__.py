@@ -4,7 +4,7 @@ from flowprep.entry import run_quietly
 
 
 def run() -> None:
-    run_quietly("flowprep.cli")
+    run_quietly("flowprep.cli.main")
 
 
 if __name__ == "__main__":

@@ -23,10 +23,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flowprep.codec import LINEAR, RecordError, flow_levels, level_values, linear_range, unpack_flow_record
 from flowprep.layouts import Layout
-from flowprep.lock import FolderBusyError, FolderLock
-from flowprep.store import FlowStore, StoreError, read_json, video_streams, write_json_atomic
+from flowprep.storage.atomic import write_json_atomic
+from flowprep.storage.codec import LINEAR, RecordError, flow_levels, level_values, linear_range, unpack_flow_record
+from flowprep.storage.lock import FolderBusyError, FolderLock
+from flowprep.storage.meta import VideoMeta
+from flowprep.storage.shard import StoreError
+from flowprep.storage.store import FlowStore, read_json
 
 EXPORT_FILE = ".flowprep-export.json"
 _STAGING = ".flowprep-export-tmp"
@@ -52,7 +55,7 @@ def default_mapping(store: FlowStore) -> tuple[float, float]:
     return (float(bound) if bound != "adaptive" else 20.0), 127.5
 
 
-def _folders(out: Path, layout: Layout, video: str, streams: list[str]) -> dict[str, Path]:
+def _folders(out: Path, layout: Layout, video: str, streams: tuple[str, ...]) -> dict[str, Path]:
     """Final folder of each role (rgb, x, y) of one video, for the streams it has."""
     roles = (["rgb"] if "rgb" in streams else []) + (["x", "y"] if "flow" in streams else [])
     if layout.uv:
@@ -80,20 +83,20 @@ def _target_levels(record: memoryview, lo: float, hi: float, quality: int) -> tu
     return out[0], out[1], True
 
 
-def _write_video(store: FlowStore, video: str, meta: dict, layout: Layout, staging: Path, lo: float, hi: float,
+def _write_video(store: FlowStore, video: str, meta: VideoMeta, layout: Layout, staging: Path, lo: float, hi: float,
                  quality: int, report: ExportReport) -> dict[str, Path]:
     """Write one video's files under ``staging``, one folder per final folder; {role: staged folder}."""
-    streams = video_streams(meta)
+    streams = meta.streams
     staged = {role: staging / (role if layout.uv else "all") for role in _folders(staging, layout, video, streams)}
     for folder in set(staged.values()):
         folder.mkdir(parents=True, exist_ok=True)
     if "rgb" in streams:
-        for t, data in enumerate(store.records(video, "rgb", range(meta["num_frames"]))):
+        for t, data in enumerate(store.records(video, "rgb", range(meta.num_frames))):
             (staged["rgb"] / layout.file_name("rgb", t)).write_bytes(data)
             report.files += 1
             report.bytes += len(data)
     if "flow" in streams:
-        for t, record in enumerate(store.records(video, "flow", range(meta["num_flows"]))):
+        for t, record in enumerate(store.records(video, "flow", range(meta.num_flows))):
             jx, jy, again = _target_levels(memoryview(record), lo, hi, quality)
             (staged["x"] / layout.file_name("x", t)).write_bytes(jx)
             (staged["y"] / layout.file_name("y", t)).write_bytes(jy)
@@ -101,6 +104,33 @@ def _write_video(store: FlowStore, video: str, meta: dict, layout: Layout, stagi
             report.bytes += len(jx) + len(jy)
             report.reencoded += again
     return staged
+
+
+def _claim_folder(out: Path, settings: dict) -> None:
+    """Record this export's options in OUT, which must be empty or an earlier export with the same ones."""
+    previous = read_json(out / EXPORT_FILE, "export record")
+    if previous and previous != settings:
+        diff = ", ".join(f"{k}={previous.get(k)!r} ({v!r})" for k, v in settings.items() if previous.get(k) != v)
+        raise StoreError(f"{out} holds an export with other options: {diff} (this run's in parentheses); "
+                         "use the same options or another folder")
+    if not previous and any(p.name not in (".lock", _STAGING) for p in out.iterdir()):
+        raise StoreError(f"{out}: not empty and not an export of flowprep; export into a new folder")
+    write_json_atomic(out / EXPORT_FILE, settings)
+
+
+def _to_do(out: Path, layout: Layout, metas: dict[str, VideoMeta], report: ExportReport) -> list[str]:
+    """The videos not exported yet (``report.skipped`` counts the others); the folders of a video whose
+    export a killed run left half done are removed."""
+    todo = []
+    for video, meta in metas.items():
+        finals = set(_folders(out, layout, video, meta.streams).values())
+        if all(f.is_dir() for f in finals):
+            report.skipped += 1
+        else:
+            for folder in finals:  # a run killed between the renames of one video
+                shutil.rmtree(folder, ignore_errors=True)
+            todo.append(video)
+    return todo
 
 
 def run_export(store_path: str | os.PathLike, out: str | os.PathLike, layout: Layout, bound: float | None = None,
@@ -130,33 +160,18 @@ def run_export(store_path: str | os.PathLike, out: str | os.PathLike, layout: La
     report = ExportReport(total=len(wanted))
     start = time.perf_counter()
     with lock:
-        previous = read_json(out / EXPORT_FILE, "export record")
-        if previous and previous != settings:
-            diff = ", ".join(f"{k}={previous.get(k)!r} ({v!r})" for k, v in settings.items() if previous.get(k) != v)
-            raise StoreError(f"{out} holds an export with other options: {diff} (this run's in parentheses); "
-                             "use the same options or another folder")
-        if not previous and any(p.name not in (".lock", _STAGING) for p in out.iterdir()):
-            raise StoreError(f"{out}: not empty and not an export of flowprep; export into a new folder")
-        write_json_atomic(out / EXPORT_FILE, settings)
+        _claim_folder(out, settings)
         staging_root = out / _STAGING
         shutil.rmtree(staging_root, ignore_errors=True)
-        metas = {video: store.meta(video) for video in wanted}
-        todo = []
-        for video in wanted:
-            finals = set(_folders(out, layout, video, video_streams(metas[video])).values())
-            if all(f.is_dir() for f in finals):
-                report.skipped += 1
-            else:
-                for folder in finals:  # a run killed between the renames of one video
-                    shutil.rmtree(folder, ignore_errors=True)
-                todo.append(video)
+        metas = {video: store.video_meta(video) for video in wanted}
+        todo = _to_do(out, layout, metas, report)
         if on_start is not None:
             on_start(len(todo), report.skipped)
         for done, video in enumerate(todo, start=1):
             staging = staging_root / str(done)
             try:
                 staged = _write_video(store, video, metas[video], layout, staging, lo, hi, quality, report)
-                for role, final in _folders(out, layout, video, video_streams(metas[video])).items():
+                for role, final in _folders(out, layout, video, metas[video].streams).items():
                     if staged[role].is_dir():
                         final.parent.mkdir(parents=True, exist_ok=True)
                         os.replace(staged[role], final)

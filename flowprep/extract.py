@@ -10,38 +10,33 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
-import lmdb
 import numpy as np
 from joblib import Parallel, delayed
 
-from flowprep import __version__
-from flowprep.codec import encode_flow, encode_rgb
-from flowprep.flow import check_params, create_flow, has_opencv_cuda_brox, torch_cuda_devices, try_params
-from flowprep.settings import ExtractSettings, ImportSettings, check_settings
-from flowprep.store import (
-    FAILURES_FILE,
-    MAX_KEY_BYTES,
-    ShardWriter,
-    read_failures,
-    record_key,
-    write_json_atomic,
-)
+from flowprep.algorithms.registry import check_params, create_flow, resolve_implementation, try_params
+from flowprep.errors import SettingError, UserError
+from flowprep.run import Failure, RunReport, begin_run, library_versions, record_failure
+from flowprep.storage.atomic import write_json_atomic
+from flowprep.storage.codec import encode_flow, encode_rgb
+from flowprep.storage.meta import FlowInfo, VideoMeta
+from flowprep.storage.settings import ExtractSettings
+from flowprep.storage.shard import record_key
+from flowprep.storage.store import FAILURES_FILE, MAX_KEY_BYTES, ShardWriter
 from flowprep.video import VIDEO_EXTENSIONS, VideoError, VideoReader
 
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
 
 
-class SourceError(Exception):
+class SourceError(UserError):
     """SOURCE cannot be turned into a list of videos; the message says which path and why."""
 
 
@@ -53,58 +48,11 @@ class VideoSource:
 
 @dataclass
 class ExtractedVideo:
+    """One video's records (key, value) and metadata, ready to commit."""
+
     video: str
     records: list[tuple[bytes, bytes]]
-    meta: dict
-
-
-@dataclass
-class Failure:
-    video: str
-    path: str
-    reason: str
-
-
-@dataclass
-class ExtractReport:
-    total: int = 0
-    stored: int = 0
-    skipped: int = 0
-    failures: list[Failure] = field(default_factory=list)
-    pairs: int = 0
-    bytes: int = 0
-    seconds: float = 0.0
-    interrupted: bool = False
-    notes: list[str] = field(default_factory=list)
-
-    def count_stored(self, meta: dict) -> None:
-        """Count one committed video (its metadata as stored)."""
-        self.stored += 1
-        self.pairs += meta["num_flows"]
-        self.bytes += meta["rgb_bytes"] + meta["flow_bytes"]
-
-
-def begin_run(writer: ShardWriter, out: Path, settings: ExtractSettings | ImportSettings, videos: list[str],
-              report: ExtractReport) -> dict[str, dict]:
-    """Start a run on a store whose lock ``writer`` holds: its settings checked (written on the first
-    run, rebuilt if lost), ``report.skipped`` set to the ``videos`` already complete, and the failure
-    list read with their entries dropped. Returns the failure list (written back by the caller)."""
-    note = check_settings(out, settings, writer.metas())
-    if note:
-        report.notes.append(note)
-    failures = read_failures(out)
-    complete = [video for video in videos if video in writer.complete]
-    report.skipped = len(complete)
-    for video in complete:
-        failures.pop(video, None)
-    return failures
-
-
-def record_failure(out: Path, failures: dict[str, dict], report: ExtractReport, failure: Failure) -> None:
-    """Add a failed video to the report and to ``OUT/failures.json`` (rewritten at once)."""
-    report.failures.append(failure)
-    failures[failure.video] = {"path": failure.path, "reason": failure.reason}
-    write_json_atomic(out / FAILURES_FILE, failures)
+    meta: VideoMeta
 
 
 def _video_id(path: Path, root: Path) -> str:
@@ -154,15 +102,10 @@ def find_videos(source: str | os.PathLike) -> list[VideoSource]:
     return list(sources.values())
 
 
-def library_versions() -> dict:
-    return {"flowprep": __version__, "opencv": cv2.__version__, "numpy": np.__version__,
-            "lmdb": lmdb.__version__, "python": sys.version.split()[0]}
-
-
 @dataclass(frozen=True)
 class Compute:
     """Where and how flow is computed: not part of a store's settings (the metadata of each video
-    records the implementation that ran). ``device``: see :func:`flowprep.flow.create_flow`;
+    records the implementation that ran). ``device``: see :func:`flowprep.algorithms.registry.create_flow`;
     ``max_batch``: frame pairs per call of a batched (PyTorch) implementation."""
 
     device: str = "auto"
@@ -208,28 +151,15 @@ def extract_video(source: VideoSource, settings: ExtractSettings, gpu: int | Non
     flush()
     info = reader.info
     rgb_prefix = f"{source.video}/rgb/".encode()
-    meta = {
-        "video": source.video,
-        "source": os.path.abspath(source.path),
-        "num_frames": frames,
-        "num_flows": frames - 1,
-        "num_backward": frames - 1 if settings.bidirectional else 0,
-        "width": reader.size[0],
-        "height": reader.size[1],
-        "source_width": info.width,
-        "source_height": info.height,
-        "header_frames": info.header_frames,
-        "fps": info.fps,
-        "flow": {"algo": method.name, "implementation": method.implementation, "params": method.params},
-        "bound": settings.bound,
-        "quality": settings.quality,
-        "rgb_quality": settings.rgb_quality,
-        "short_side": settings.short_side,
-        "rgb_bytes": sum(len(v) for k, v in records if k.startswith(rgb_prefix)),
-        "flow_bytes": sum(len(v) for k, v in records if not k.startswith(rgb_prefix)),
-        "versions": library_versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    rgb_bytes = sum(len(v) for k, v in records if k.startswith(rgb_prefix))
+    meta = VideoMeta(
+        video=source.video, source=os.path.abspath(source.path), num_frames=frames, num_flows=frames - 1,
+        num_backward=frames - 1 if settings.bidirectional else 0, width=reader.size[0], height=reader.size[1],
+        source_width=info.width, source_height=info.height, header_frames=info.header_frames, fps=info.fps,
+        flow=FlowInfo(method.name, method.implementation, method.params), bound=settings.bound,
+        quality=settings.quality, rgb_quality=settings.rgb_quality, short_side=settings.short_side,
+        rgb_bytes=rgb_bytes, flow_bytes=sum(len(v) for _, v in records) - rgb_bytes, versions=library_versions(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     return ExtractedVideo(source.video, records, meta)
 
 
@@ -293,7 +223,7 @@ def _work(source: VideoSource, settings: ExtractSettings, single_thread: bool,
         return Failure(source.video, source.path, f"{type(exc).__name__}: {exc}")
 
 
-ProgressCallback = Callable[[int, ExtractReport], None]
+ProgressCallback = Callable[[int, RunReport], None]
 
 
 def _results(todo: list[VideoSource], settings: ExtractSettings, workers: int, gpus: int, run_dir: str,
@@ -324,7 +254,7 @@ def run_extract(source: str | os.PathLike, out: str | os.PathLike, settings: Ext
                 workers: int = 1, gpus: int = 0, shard_bytes: int = 8 << 30,
                 on_start: Callable[[int, int], None] | None = None,
                 on_progress: ProgressCallback | None = None, scheduler: str | None = None,
-                compute: Compute = Compute()) -> ExtractReport:
+                compute: Compute = Compute()) -> RunReport:
     """Extract every video of SOURCE not yet complete in OUT.
 
     ``workers`` CPU processes (or, with ``gpus`` > 0, one process per GPU; or, with ``scheduler``,
@@ -336,16 +266,17 @@ def run_extract(source: str | os.PathLike, out: str | os.PathLike, settings: Ext
     sources = find_videos(source)
     out = Path(out)
     if gpus < 0 or workers < 1:
-        raise ValueError("--workers must be >= 1 and --gpus >= 0")
+        raise SettingError("workers" if workers < 1 else "gpus", "must be >= 1" if workers < 1 else "must be >= 0",
+                           workers if workers < 1 else gpus)
     if gpus and scheduler:
-        raise ValueError("--gpus and --scheduler cannot be combined")
-    if compute.device == "auto" and settings.algo == "brox":  # decide once, not in every worker
-        gpu_there = has_opencv_cuda_brox() or torch_cuda_devices() > 0
-        compute = Compute("cuda" if gpu_there else "cpu", compute.max_batch)
+        raise SettingError("scheduler", "cannot be combined with gpus", scheduler)
+    if compute.device == "auto":  # decide once, not in every worker
+        _, where = resolve_implementation(settings.algo, "auto")
+        compute = Compute("cpu" if where == "cpu" else "cuda", compute.max_batch)
     params = check_params(settings.algo, settings.flow_params, compute.device)
     try_params(settings.algo, params, compute.device)
     settings = dataclasses.replace(settings, flow_params=params)
-    report = ExtractReport(total=len(sources))
+    report = RunReport(total=len(sources))
     start = time.perf_counter()
     # the lock first: the settings are read, rebuilt or written only by the store's one writer
     with ShardWriter(out, shard_bytes=shard_bytes, what="flowprep extract") as writer:

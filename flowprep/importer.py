@@ -2,7 +2,7 @@
 
 The JPEG bytes are stored as they are (no second loss): an RGB file becomes an RGB record, a pair of
 dx/dy files a flow record whose header gives the other tool's mapping of [0, 255] to pixels
-(:func:`flowprep.codec.linear_range`). Reader threads read and check each video's files (reading
+(:func:`flowprep.storage.codec.linear_range`). Reader threads read and check each video's files (reading
 files releases the GIL; there is nothing to decode); this process is the store's one writer and
 commits whole videos, several to a transaction (never part of one), so a killed run resumes where it
 stopped, as ``extract`` does.
@@ -26,12 +26,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flowprep.codec import linear_range, pack_flow_jpegs
-from flowprep.extract import ExtractReport, Failure, begin_run, library_versions, record_failure
-from flowprep.jpeg import JpegError, JpegInfo, jpeg_info
+from flowprep.errors import SettingError, UserError
 from flowprep.layouts import Layout, VideoFolders, find_video_folders, scan_folder
-from flowprep.settings import ImportSettings
-from flowprep.store import FAILURES_FILE, MAX_KEY_BYTES, ShardWriter, record_key, write_json_atomic
+from flowprep.run import Failure, RunReport, begin_run, library_versions, record_failure
+from flowprep.storage.atomic import write_json_atomic
+from flowprep.storage.codec import linear_range, pack_flow_jpegs
+from flowprep.storage.jpeg import JpegError, JpegInfo, jpeg_info
+from flowprep.storage.meta import FlowInfo, VideoMeta
+from flowprep.storage.settings import ImportSettings
+from flowprep.storage.shard import record_key
+from flowprep.storage.store import FAILURES_FILE, MAX_KEY_BYTES, ShardWriter
 
 # a 3-channel flow file is read as its luma; it must be grey (the same value in each channel) for that
 # to be the flow component. Levels of chroma noise a JPEG of a grey image keeps, at most:
@@ -42,15 +46,17 @@ _BATCH_BYTES = 64 << 20
 _BATCH_SECONDS = 1.0
 
 
-class FrameError(Exception):
+class FrameError(UserError):
     """One video's files cannot be imported; the message names the file and the problem."""
 
 
 @dataclass
 class ImportedVideo:
+    """One video's records (key, value) and metadata, ready to commit."""
+
     video: str
     records: list[tuple[bytes, bytes]]
-    meta: dict
+    meta: VideoMeta
 
 
 def _numbered(folder: str, prefix: str, layout: Layout, what: str, scans: dict[str, dict]) -> list[str]:
@@ -196,32 +202,16 @@ def import_video(folders: VideoFolders, settings: ImportSettings, layout: Layout
         records.append((record_key(folders.video, "flow", t), record))
         flow_bytes += len(record)
     width, height = size
-    meta = {
-        "video": folders.video,
-        "source": {kind: os.path.abspath(folder) for kind, folder in
-                   (("rgb", folders.rgb), ("x", folders.x), ("y", folders.y)) if folder is not None},
-        "num_frames": len(rgb_names),
-        "num_flows": len(x_names),
-        "num_backward": 0,
-        "streams": list(settings.streams),
-        "width": width,
-        "height": height,
-        "source_width": width,
-        "source_height": height,
-        "header_frames": None,
-        "fps": None,
-        "flow": {"algo": settings.flow_algo, "implementation": f"imported from {layout.name} files", "params": {}},
-        "bound": settings.bound,
-        "quality": None,
-        "rgb_quality": None,
-        "short_side": min(width, height),
-        "imported": settings.to_dict()["imported"],
-        "import_notes": notes,
-        "rgb_bytes": rgb_bytes,
-        "flow_bytes": flow_bytes,
-        "versions": library_versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    meta = VideoMeta(
+        video=folders.video,
+        source={kind: os.path.abspath(folder) for kind, folder in
+                (("rgb", folders.rgb), ("x", folders.x), ("y", folders.y)) if folder is not None},
+        num_frames=len(rgb_names), num_flows=len(x_names), num_backward=0, width=width, height=height,
+        source_width=width, source_height=height, header_frames=None, fps=None,
+        flow=FlowInfo(settings.flow_algo, f"imported from {layout.name} files", {}), bound=settings.bound,
+        quality=None, rgb_quality=None, short_side=min(width, height), rgb_bytes=rgb_bytes, flow_bytes=flow_bytes,
+        versions=library_versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        imported=settings.to_dict()["imported"], streams=tuple(settings.streams), import_notes=notes)
     return ImportedVideo(folders.video, records, meta)
 
 
@@ -264,14 +254,14 @@ def _results(todo: list[VideoFolders], settings: ImportSettings, layout: Layout,
                 future.cancel()
 
 
-ProgressCallback = Callable[[int, ExtractReport], None]
+ProgressCallback = Callable[[int, RunReport], None]
 
 
 class _Committer:
     """Commits imported videos in batches (one transaction each) and keeps the report and the failure
     list up to date."""
 
-    def __init__(self, writer: ShardWriter, out: Path, report: ExtractReport, failures: dict):
+    def __init__(self, writer: ShardWriter, out: Path, report: RunReport, failures: dict):
         self.writer, self.out, self.report, self.failures = writer, out, report, failures
         self.batch: list[ImportedVideo] = []
         self.last_commit = time.perf_counter()
@@ -281,7 +271,7 @@ class _Committer:
             record_failure(self.out, self.failures, self.report, result)
             return
         self.batch.append(result)
-        if (sum(v.meta["rgb_bytes"] + v.meta["flow_bytes"] for v in self.batch) >= _BATCH_BYTES
+        if (sum(v.meta.rgb_bytes + v.meta.flow_bytes for v in self.batch) >= _BATCH_BYTES
                 or time.perf_counter() - self.last_commit >= _BATCH_SECONDS):
             self.commit()
 
@@ -292,7 +282,7 @@ class _Committer:
         self.writer.put_videos([(v.video, v.records, v.meta) for v in self.batch])
         for v in self.batch:
             self.report.count_stored(v.meta)
-            self.report.notes += [f"{v.video}: {n}" for n in v.meta["import_notes"]]
+            self.report.notes += [f"{v.video}: {n}" for n in v.meta.import_notes]
         cleared = [v.video for v in self.batch if self.failures.pop(v.video, None) is not None]
         if cleared:
             write_json_atomic(self.out / FAILURES_FILE, self.failures)
@@ -303,7 +293,7 @@ def run_import(source: str | os.PathLike, out: str | os.PathLike, layout: Layout
                rgb_tree: str | os.PathLike | None = None, readers: int = 1, shard_bytes: int = 8 << 30,
                on_start: Callable[[int, int], None] | None = None,
                on_progress: ProgressCallback | None = None, videos: list[VideoFolders] | None = None,
-               trim_rgb: bool = False) -> ExtractReport:
+               trim_rgb: bool = False) -> RunReport:
     """Import every video of the tree(s) not yet complete in OUT (``report.pairs``: flow fields stored).
 
     ``settings.streams`` must be the streams to import (see :func:`flowprep.layouts.find_video_folders`);
@@ -312,11 +302,11 @@ def run_import(source: str | os.PathLike, out: str | os.PathLike, layout: Layout
     the caller has listed them already.
     """
     if readers < 0:
-        raise ValueError("--workers must be >= 1")
+        raise SettingError("workers", "must be >= 1", readers)
     if videos is None:
         _, videos = find_video_folders(Path(source), layout, Path(rgb_tree) if rgb_tree else None, settings.streams)
     out = Path(out)
-    report = ExtractReport(total=len(videos))
+    report = RunReport(total=len(videos))
     start = time.perf_counter()
     with ShardWriter(out, shard_bytes=shard_bytes, what="flowprep import") as writer:
         failures = begin_run(writer, out, settings, [v.video for v in videos], report)

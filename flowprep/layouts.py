@@ -21,11 +21,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from flowprep.errors import UserError
+
 ROLES = ("rgb", "x", "y")
 _NAME = re.compile(r"^(img_|x_|y_|flow_x_|flow_y_|frame)(\d+)\.jpe?g$", re.IGNORECASE)
 
 
-class LayoutError(Exception):
+class LayoutError(UserError):
     """A tree that is not of a known layout; the message names the folder and what was expected."""
 
 

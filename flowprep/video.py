@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from flowprep.errors import UserError
+
 # FFmpeg's and OpenCV's own messages about damaged streams would bury our one-line reports (the
 # reader reports damage itself); users can still set either variable to see them.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
@@ -24,7 +26,7 @@ VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".
                     ".3gp", ".ogv")
 
 
-class VideoError(Exception):
+class VideoError(UserError):
     """A file that cannot be used as a video; the message says why, in one line."""
 
 

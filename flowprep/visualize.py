@@ -5,7 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from flowprep.store import FlowStore
+from flowprep.errors import SettingError
+from flowprep.storage.store import FlowStore
 
 
 def flow_to_colour(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
@@ -37,10 +38,10 @@ def _label(panel: np.ndarray, text: str) -> np.ndarray:
 def figure(store: FlowStore, video: str, t: int) -> np.ndarray:
     """RGB picture: frame t, its dx and dy (grey: black −m, mid-grey 0, white +m pixels, m the largest
     component of the field) and the colour-coded flow t → t+1."""
-    meta = store.meta(video)
-    if not 0 <= t < meta["num_flows"]:
-        raise IndexError(f"{video} has frames 0..{meta['num_frames'] - 1} and flow fields "
-                         f"0..{meta['num_flows'] - 1}; --frame {t} is out of range")
+    meta = store.video_meta(video)
+    if not 0 <= t < meta.num_flows:
+        raise SettingError("frame", f"is out of range ({video} has frames 0..{meta.num_frames - 1} and flow "
+                           f"fields 0..{meta.num_flows - 1})", t)
     frame = store.rgb(video, t)
     flow = store.flow(video, t)
     # grey panels stretched to the field's largest component so small motion stays visible

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import yaml
 
-from flowprep.extract import ExtractSettings, run_extract
-from flowprep.pairs import texture
-from flowprep.synthetic import SynthConfig, write_dataset
+from flowprep.algorithms.pairs import texture
+from flowprep.datasets.synthetic import SynthConfig, write_dataset
+from flowprep.extract import run_extract
+from flowprep.storage.settings import ExtractSettings
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

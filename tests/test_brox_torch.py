@@ -10,11 +10,14 @@ import pytest
 import torch
 from conftest import write_video
 
-from flowprep.brox_torch import brox_flow
-from flowprep.extract import Compute, ExtractSettings, VideoSource, extract_video
-from flowprep.flow import FlowMethod, create_flow, end_point_error, read_flo
-from flowprep.pairs import SYNTHETIC_PAIRS, interior
-from flowprep.store import record_key
+from flowprep.algorithms.brox_torch import brox_flow
+from flowprep.algorithms.method import FlowMethod
+from flowprep.algorithms.middlebury import end_point_error, read_flo
+from flowprep.algorithms.pairs import SYNTHETIC_PAIRS, interior
+from flowprep.algorithms.registry import create_flow
+from flowprep.extract import Compute, VideoSource, extract_video
+from flowprep.storage.settings import ExtractSettings
+from flowprep.storage.shard import record_key
 
 
 @pytest.mark.parametrize("pair", sorted(SYNTHETIC_PAIRS))

@@ -15,7 +15,8 @@ import lmdb
 import pytest
 from conftest import copy, truncated_copy, write_video
 
-from flowprep.store import FlowStore, close_env, record_key
+from flowprep.storage.shard import close_env, record_key
+from flowprep.storage.store import FlowStore
 
 FAST = ["--short-side", "0", "--workers", "2"]
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flowprep.codec import (
+from flowprep.algorithms.middlebury import end_point_error
+from flowprep.algorithms.pairs import moving_object
+from flowprep.algorithms.registry import create_flow
+from flowprep.storage.codec import (
     HEADER,
     RecordError,
     decode_flow,
@@ -14,8 +17,6 @@ from flowprep.codec import (
     encode_rgb,
     parse_bound,
 )
-from flowprep.flow import create_flow, end_point_error
-from flowprep.pairs import moving_object
 
 
 def test_zero_flow_decodes_to_exactly_zero() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import write_video
 
-from flowprep.store import FlowStore
+from flowprep.storage.store import FlowStore
 
 distributed = pytest.importorskip("distributed")
 

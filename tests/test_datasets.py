@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from flowprep.pipeline import PipelineError, load_pipeline, prepare, rar_tool
-from flowprep.splits import SplitError, match_videos, read_split
+from flowprep.datasets.pipeline import PipelineError, load_pipeline, prepare, rar_tool
+from flowprep.datasets.splits import SplitError, match_videos, read_split
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = REPO / "pipelines"

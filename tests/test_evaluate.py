@@ -11,11 +11,15 @@ import pytest
 import torch
 from conftest import write_config
 
-from flowprep.store import FlowStore
+from flowprep.storage.store import FlowStore
 from trainer.config import load_config
-from trainer.evaluate import Scores, frame_positions, fuse_svm, protocol_inputs
+from trainer.crops import ten_crops
+from trainer.evaluate import frame_positions, protocol_inputs
 from trainer.fit import fit
-from trainer.inputs import InputSpec, VideoEntry, ten_crops
+from trainer.fusion import fuse_svm
+from trainer.inputs import InputSpec
+from trainer.scores import Scores
+from trainer.volumes import VideoEntry
 
 REPO = Path(__file__).resolve().parents[1]
 

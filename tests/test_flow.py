@@ -6,8 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from flowprep.flow import ALGORITHMS, FlowError, create_flow, end_point_error, read_flo
-from flowprep.pairs import SYNTHETIC_PAIRS, interior
+from flowprep.algorithms.method import FlowError
+from flowprep.algorithms.middlebury import end_point_error, read_flo
+from flowprep.algorithms.pairs import SYNTHETIC_PAIRS, interior
+from flowprep.algorithms.registry import ALGORITHMS, create_flow
 
 # EPE limits in pixels on 240x320 pairs (translation 7.3 px, rotation 3 deg + zoom 4 %,
 # a disc moving 5.6 px over a still background); measured values are well below (README).

@@ -15,12 +15,12 @@ import pytest
 import yaml
 from conftest import write_config, write_video
 
-from flowprep.codec import unpack_flow_record
 from flowprep.exporter import run_export
 from flowprep.importer import run_import
 from flowprep.layouts import LAYOUTS, Layout, detect_layout, find_video_folders
-from flowprep.settings import ImportSettings
-from flowprep.store import FlowStore, read_failures
+from flowprep.storage.codec import unpack_flow_record
+from flowprep.storage.settings import ImportSettings
+from flowprep.storage.store import FlowStore, read_failures
 from trainer.config import load_config
 from trainer.data import DataError
 from trainer.fit import fit

@@ -19,12 +19,12 @@ from conftest import write_config
 from test_store_faults import edit_shard, flip
 from test_trainer_fit import REPO, trainer
 
-from flowprep.brox_torch import BROX_TORCH_DEFAULTS
-from flowprep.store import record_key
+from flowprep.algorithms.brox_torch import BROX_TORCH_DEFAULTS
+from flowprep.storage.shard import record_key
 from trainer import checkpoint as ckpt
 from trainer.config import ConfigError, load_config
-from trainer.evaluate import EvaluationError
 from trainer.predict import predict
+from trainer.scores import EvaluationError
 
 
 def one_line(result: subprocess.CompletedProcess) -> str:

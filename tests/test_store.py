@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import flowprep.shard as shard_module
-from flowprep.codec import encode_flow, encode_rgb
-from flowprep.store import FlowStore, ShardWriter, StoreError, record_key
+import flowprep.storage.shard as shard_module
+from flowprep.storage.codec import encode_flow, encode_rgb
+from flowprep.storage.shard import StoreError, record_key
+from flowprep.storage.store import FlowStore, ShardWriter
 
 
 def make_video(video: str, frames: int = 5, height: int = 32, width: int = 40, seed: int = 0):
@@ -117,3 +118,10 @@ def test_reader_in_dataloader_workers(tmp_path: Path, context: str) -> None:
     values = torch.cat(list(loader))
     assert values.shape == (12, 2)
     assert values[:, 0].tolist() == pytest.approx([0, 1, 2, 3] * 3, abs=0.1)
+
+
+def test_the_readme_import_of_the_store_still_works() -> None:
+    from flowprep.storage.store import FlowStore as defined
+    from flowprep.store import CorruptRecordError, FlowStore, StoreError
+
+    assert FlowStore is defined and issubclass(CorruptRecordError, StoreError)

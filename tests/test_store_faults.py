@@ -20,9 +20,9 @@ import pytest
 from conftest import write_video
 from test_cli import FAST, flowprep
 
-from flowprep.lock import LOCK_FILE
-from flowprep.shard import close_env
-from flowprep.store import CorruptRecordError, FlowStore, ShardWriter, StoreError, record_key
+from flowprep.storage.lock import LOCK_FILE
+from flowprep.storage.shard import CorruptRecordError, StoreError, close_env, record_key
+from flowprep.storage.store import FlowStore, ShardWriter
 
 
 def edit_shard(shard: Path, edit) -> None:

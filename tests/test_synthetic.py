@@ -13,10 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from flowprep.extract import ExtractSettings, run_extract
-from flowprep.splits import match_videos, read_split
-from flowprep.store import FlowStore
-from flowprep.synthetic import SynthConfig, write_dataset
+from flowprep.datasets.splits import match_videos, read_split
+from flowprep.datasets.synthetic import SynthConfig, write_dataset
+from flowprep.extract import run_extract
+from flowprep.storage.settings import ExtractSettings
+from flowprep.storage.store import FlowStore
 from flowprep.video import read_frames
 
 SMALL = SynthConfig(clips_per_class=12, clips_per_group=1, frames=10)

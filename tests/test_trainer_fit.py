@@ -15,9 +15,9 @@ from conftest import write_config
 
 from trainer import checkpoint as ckpt
 from trainer.config import ConfigError, load_config
-from trainer.fit import lr_at, lr_schedule
 from trainer.metrics import read_rows
 from trainer.models import WeightsError, build_model, count_parameters
+from trainer.optim import lr_at, lr_schedule
 from trainer.weights import load_weights
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,23 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from flowprep.flow import create_flow
-from flowprep.pairs import interior, translation
+from flowprep.algorithms.pairs import interior, translation
+from flowprep.algorithms.registry import create_flow
+from trainer.crops import flip_horizontal, jitter_shift, random_crop, ten_crops
 from trainer.data import TrainingSet, batch_items
 from trainer.encoded import EncodedInput, collate
-from trainer.inputs import (
-    InputSpec,
-    VideoEntry,
-    as_input,
-    field_indices,
-    flip_horizontal,
-    flow_volume,
-    jitter_shift,
-    random_crop,
-    stack_fields,
-    tau_range,
-    ten_crops,
-)
+from trainer.inputs import InputSpec, as_input
+from trainer.volumes import VideoEntry, field_indices, flow_volume, stack_fields, tau_range
 
 
 def const_field(dx: float, dy: float, h: int = 6, w: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -114,9 +104,10 @@ def test_batches_are_class_balanced_across_datasets_and_keyed_by_step() -> None:
 
 
 def test_input_spec_shapes_and_centre_crop(tmp_path) -> None:
-    from flowprep.extract import ExtractSettings, run_extract
-    from flowprep.store import FlowStore
-    from flowprep.synthetic import SynthConfig, write_dataset
+    from flowprep.datasets.synthetic import SynthConfig, write_dataset
+    from flowprep.extract import run_extract
+    from flowprep.storage.settings import ExtractSettings
+    from flowprep.storage.store import FlowStore
 
     write_dataset(tmp_path, SynthConfig(motion_classes=2, appearance_classes=0, clips_per_class=4, frames=6))
     run_extract(tmp_path / "videos", tmp_path / "flow", ExtractSettings(algo="dis", short_side=0), workers=1)
@@ -136,9 +127,10 @@ def test_input_spec_shapes_and_centre_crop(tmp_path) -> None:
 @pytest.fixture(scope="module", params=[4.0, "adaptive"], ids=["bound4", "adaptive"])
 def bidirectional_store(request, tmp_path_factory):
     """Built-in clips extracted with forward and backward flow, fixed bound (with clipping) or adaptive."""
-    from flowprep.extract import ExtractSettings, run_extract
-    from flowprep.store import FlowStore
-    from flowprep.synthetic import SynthConfig, write_dataset
+    from flowprep.datasets.synthetic import SynthConfig, write_dataset
+    from flowprep.extract import run_extract
+    from flowprep.storage.settings import ExtractSettings
+    from flowprep.storage.store import FlowStore
 
     root = tmp_path_factory.mktemp("bidir")
     write_dataset(root, SynthConfig(motion_classes=2, appearance_classes=1, clips_per_class=2, clips_per_group=1,

@@ -21,6 +21,8 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
+from flowprep.storage.atomic import atomic_write
+
 # the mean pixel (B, G, R) of the ImageNet training set subtracted by the VGG Caffe models
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
@@ -168,7 +170,5 @@ def write_caffemodel(path: str | os.PathLike, layers: dict[str, list[np.ndarray]
                 dims = (1,) * (4 - array.ndim) + tuple(array.shape)
                 blob.num, blob.channels, blob.height, blob.width = dims
             blob.data.extend(np.asarray(array, np.float32).ravel().tolist())
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         f.write(net.SerializeToString())
-    os.replace(tmp, path)

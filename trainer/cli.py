@@ -9,19 +9,13 @@ from pathlib import Path
 
 import click
 
-from flowprep.pipeline import PipelineError
-from flowprep.splits import SplitError
-from flowprep.store import StoreError
+from flowprep.errors import UserError
+from flowprep.logs import log_to_stderr
 from flowprep.video import VideoError
-from trainer.checkpoint import CheckpointError
-from trainer.config import ConfigError, load_config
-from trainer.data import DataError
-from trainer.evaluate import EvaluationError, format_table, fuse_files, report_files, run_test
-from trainer.fit import TrainError, fit
-from trainer.models import WeightsError
-
-USER_ERRORS = (ConfigError, DataError, TrainError, WeightsError, StoreError, SplitError, PipelineError,
-               EvaluationError, CheckpointError)
+from trainer.config import load_config
+from trainer.evaluate import run_test
+from trainer.fit import fit
+from trainer.fusion import format_table, fuse_files, report_files
 
 
 def _one_line(message: str) -> str:
@@ -52,6 +46,7 @@ def main() -> None:
     trainer report runs/*/scores-ucf101-*-test.npz    Table 4: mean over splits
     trainer predict clip.avi --spatial A.pt --temporal B.pt
     """
+    log_to_stderr("trainer")
 
 
 @main.command(name="fit")
@@ -70,7 +65,7 @@ def fit_command(config: Path, overrides: tuple[str, ...], resume: bool) -> None:
     try:
         cfg = load_config(config, overrides)
         summary = fit(cfg, resume=resume)
-    except USER_ERRORS as exc:
+    except UserError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         _fail("interrupted: run the same command with --resume to continue from the last checkpoint", 130)
@@ -112,8 +107,8 @@ def test_command(checkpoint: Path, split: int | None, train_scores: bool, frames
 
     try:
         summaries = run_test(checkpoint, split, out, train_scores, frames, workers, train_frames, progress,
-                             log=lambda line: click.echo(line, err=True))
-    except USER_ERRORS as exc:
+                             )
+    except UserError as exc:
         _fail(str(exc))
     for s in summaries:
         click.echo(f"{s['dataset']} split {s['split']} {s['subset']} ({s['videos']} videos): "
@@ -151,7 +146,7 @@ def fuse(scores: tuple[Path, ...], method: str, groups: Path | None, out: Path |
     SVM fusion also reads the -train.npz files beside them). Prints the paper's Table 3 layout."""
     try:
         tables = fuse_files(scores, method, _groups(groups))
-    except USER_ERRORS as exc:
+    except UserError as exc:
         _fail(str(exc))
     text = "\n\n".join(format_table(rows, title) for title, rows in tables)
     click.echo(text)
@@ -168,7 +163,7 @@ def report(scores: tuple[Path, ...], out: Path | None) -> None:
     of each stream and fusion per split, and the mean over splits."""
     try:
         text = report_files(scores)
-    except USER_ERRORS as exc:
+    except UserError as exc:
         _fail(str(exc))
     click.echo(text)
     if out:
@@ -194,7 +189,7 @@ def predict_command(video: Path, spatial: Path | None, temporal: Path | None, he
         result = predict(video, spatial, temporal, head, allow_other_flow)
     except VideoError as exc:
         _fail(f"{video}: {exc}")
-    except USER_ERRORS as exc:
+    except UserError as exc:
         _fail(str(exc))
     click.echo(f"{video}: {result.frames} frames, flow {result.flow}, 25 frames x 10 crops per net")
     order = result.fused.argsort()[::-1][:top]

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import yaml
 
+from flowprep.errors import UserError
 from trainer.models import arch_problem
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """A configuration that cannot be used; one line naming the file and the key."""
 
 

@@ -14,14 +14,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowprep.pipeline import load_pipeline
-from flowprep.splits import match_videos, read_split
-from flowprep.store import FlowStore, StoreError, video_streams
+from flowprep.datasets.pipeline import load_pipeline
+from flowprep.datasets.splits import match_videos, read_split
+from flowprep.errors import UserError
+from flowprep.storage.meta import VideoMeta
+from flowprep.storage.shard import StoreError
+from flowprep.storage.store import FlowStore
+from trainer.checkpoint import StoreFlow
 from trainer.config import Config
-from trainer.inputs import InputSpec, PackedInput, VideoEntry
+from trainer.inputs import InputSpec
+from trainer.planes import PackedInput
+from trainer.volumes import VideoEntry
 
 
-class DataError(Exception):
+class DataError(UserError):
     """Data that cannot be trained on; one line naming the dataset and the problem."""
 
 
@@ -42,7 +48,7 @@ class TrainingSet:
     test: list[VideoEntry]
     missing: int = 0
     missing_report: str = ""
-    flow_meta: dict = field(default_factory=dict)  # how the store's flow was made (for prediction)
+    flow_meta: StoreFlow = field(default_factory=StoreFlow)  # how the store's records were made (for prediction)
     train_by_class: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -70,14 +76,13 @@ def open_datasets(cfg: Config) -> list[TrainingSet]:
         split = read_split(split_format, splits, cfg.data.split)
         try:
             matched = match_videos(split, store.videos())
-            metas = {m["video"]: m for m in store.iter_meta()}
+            metas = {m.video: m for m in store.iter_video_meta()}
         except StoreError as exc:
             raise damaged(ds.name, store, exc) from None
 
         _check_streams(ds.name, store_path, cfg.data.stream, metas)
         train, test = (
-            [VideoEntry(v.video, v.label, metas[v.video]["num_frames"], metas[v.video]["num_flows"],
-                        metas[v.video]["num_backward"]) for v in videos]
+            [VideoEntry.of(metas[v.video], v.label) for v in videos]
             for videos in (matched.split.train, matched.split.test)
         )
         if not train:
@@ -88,16 +93,16 @@ def open_datasets(cfg: Config) -> list[TrainingSet]:
         first = metas[train[0].video]
         out.append(TrainingSet(ds.name, store, split.classes, train, test, len(matched.missing),
                                matched.report(str(store_path)) if matched.missing else "",
-                               {key: first[key] for key in ("flow", "bound", "quality", "rgb_quality", "short_side")}))
+                               StoreFlow.of(first)))
     return out
 
 
-def _check_streams(dataset: str, store_path: str, stream: str, metas: dict[str, dict]) -> None:
+def _check_streams(dataset: str, store_path: str, stream: str, metas: dict[str, VideoMeta]) -> None:
     """Refuse a stream the store lacks (an imported RGB-only or flow-only store) in one line."""
     need = "rgb" if stream == "spatial" else "flow"
-    lacking = [video for video, meta in metas.items() if need not in video_streams(meta)]
+    lacking = [video for video, meta in metas.items() if not meta.has(need)]
     if lacking:
-        held = " + ".join(video_streams(metas[lacking[0]])) or "nothing"
+        held = " + ".join(metas[lacking[0]].streams) or "nothing"
         raise DataError(f"dataset {dataset}: {store_path} holds no {'RGB frames' if need == 'rgb' else 'flow'} "
                         f"({len(lacking)} of {len(metas)} videos have {held} only, e.g. {lacking[0]}); a {stream} "
                         f"net needs {'them' if need == 'rgb' else 'it'}: import {'them' if need == 'rgb' else 'it'} "
@@ -163,7 +168,7 @@ class TrainInputs(torch.utils.data.Dataset):
         entry = ds.train[item.video]
         try:
             return self.spec.training_input(ds.store, entry, item.seed, packed=True), entry.label, item.dataset
-        except (StoreError, IndexError) as exc:
+        except StoreError as exc:
             raise damaged(ds.name, ds.store, exc) from None
 
 
@@ -186,5 +191,5 @@ class CentreInputs(torch.utils.data.Dataset):
         ds = self.datasets[d]
         try:
             return self.spec.centre_input(ds.store, ds.test[i], packed=True), ds.test[i].label, d
-        except (StoreError, IndexError) as exc:
+        except StoreError as exc:
             raise damaged(ds.name, ds.store, exc) from None

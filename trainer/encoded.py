@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flowprep.codec import FIXED, level_affine, unpack_flow_record
-from flowprep.jpeg import jpeg_info
+from flowprep.storage.codec import FIXED, level_affine, unpack_flow_record
+from flowprep.storage.jpeg import jpeg_info
 
 
 @dataclass

@@ -8,11 +8,9 @@ logs, metrics and checkpoints.
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,80 +18,24 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
-from flowprep.lock import FolderBusyError, FolderLock
+from flowprep.errors import UserError
+from flowprep.storage.atomic import atomic_write
+from flowprep.storage.lock import FolderBusyError, FolderLock
 from trainer import checkpoint as ckpt
 from trainer.config import Config
 from trainer.data import CentreInputs, StepBatches, TrainingSet, TrainInputs, open_datasets
 from trainer.encoded import collate
-from trainer.inputs import InputSpec, as_input
+from trainer.inputs import InputSpec, to_device
 from trainer.metrics import append_row, drop_rows_after, plot_curves
 from trainer.models import build_model, count_parameters
+from trainer.optim import lr_at, lr_schedule, parameter_groups, task_loss
+from trainer.processes import Processes, setup_processes
+from trainer.progress import Progress, log
 from trainer.weights import RGBInput, load_weights
 
-SCHEDULE_PRESETS = {"scratch": ([50_000, 70_000], 80_000), "finetune": ([14_000], 20_000)}
 
-
-class TrainError(Exception):
+class TrainError(UserError):
     """Training cannot start or go on; one line saying why."""
-
-
-@dataclass
-class Processes:
-    rank: int
-    world: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_processes(device: str) -> Processes:
-    """Rank, world size and device; joins the process group when started by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TrainError("run.device is cuda but torch sees no CUDA device")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    dev = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(dev)
-    elif world > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Processes(rank, world, local_rank, dev)
-
-
-def lr_schedule(cfg: Config) -> tuple[list[int], int]:
-    """(iterations at which the LR is divided by 10, total iterations), preset ones scaled."""
-    o = cfg.optim
-    milestones, total = (o.milestones, o.iterations) if o.schedule == "custom" else SCHEDULE_PRESETS[o.schedule]
-    total = max(1, round(total * o.scale))
-    milestones = sorted({min(total, max(1, round(m * o.scale))) for m in milestones})
-    return [m for m in milestones if m < total], total
-
-
-def lr_at(step: int, base: float, milestones: list[int]) -> float:
-    return base * 0.1 ** sum(step >= m for m in milestones)
-
-
-def task_loss(outputs: dict[str, torch.Tensor], labels: torch.Tensor, tasks: torch.Tensor,
-              names: list[str]) -> torch.Tensor:
-    """Sum over datasets of the mean cross-entropy of that dataset's samples under its own head.
-
-    A head without samples in the batch adds 0·(its outputs) so every parameter takes part in the
-    graph (DDP needs that)."""
-    total = outputs[names[0]].new_zeros((), dtype=torch.float32)
-    for d, name in enumerate(names):
-        mask = tasks == d
-        if bool(mask.any()):
-            total = total + nn.functional.cross_entropy(outputs[name][mask].float(), labels[mask])
-        else:
-            total = total + 0.0 * outputs[name].float().sum()
-    return total
 
 
 @torch.no_grad()
@@ -109,11 +51,8 @@ def validate(model: nn.Module, datasets: list[TrainingSet], spec: InputSpec, lim
     was_training = model.training
     model.eval()
     for x, y, task in loader:
-        x = as_input(x, device)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            outputs = model(x)
+            outputs = model(to_device(x, device))
         for d, name in enumerate(names):
             mask = task == d
             if bool(mask.any()):
@@ -122,36 +61,6 @@ def validate(model: nn.Module, datasets: list[TrainingSet], spec: InputSpec, lim
                 seen[d] += int(mask.sum())
     model.train(was_training)
     return {name: correct[d] / seen[d] for d, name in enumerate(names) if seen[d]}
-
-
-class Progress:
-    """A progress bar on a terminal (iteration, loss, LR, samples/s, ETA), log lines otherwise."""
-
-    def __init__(self, start: int, total: int, log_every: int, enabled: bool):
-        self.start, self.total, self.log_every, self.enabled = start, total, log_every, enabled
-        self.tty = enabled and sys.stderr.isatty()
-        self.t0 = time.perf_counter()
-
-    def update(self, step: int, loss: float, lr: float, samples_per_s: float) -> None:
-        if not self.enabled:
-            return
-        done = step - self.start
-        elapsed = time.perf_counter() - self.t0
-        eta = elapsed / max(done, 1) * (self.total - step)
-        text = (f"iter {step}/{self.total}  loss {loss:.4f}  lr {lr:.1e}  {samples_per_s:.1f} samples/s  "
-                f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
-        if self.tty:
-            width = 24
-            filled = int(width * step / self.total)
-            print(f"\r[{'#' * filled}{'-' * (width - filled)}] {text}", end="", file=sys.stderr, flush=True)
-            if step == self.total:
-                print(file=sys.stderr)
-        elif step % self.log_every == 0 or step == self.total:
-            print(text, file=sys.stderr, flush=True)
-
-    def message(self, text: str) -> None:
-        if self.enabled:
-            print(("\n" if self.tty else "") + text, file=sys.stderr, flush=True)
 
 
 def _build(cfg: Config, datasets: list[TrainingSet], log: Callable[[str], None]) -> tuple[nn.Module, set[str]]:
@@ -172,17 +81,6 @@ def _build(cfg: Config, datasets: list[TrainingSet], log: Callable[[str], None])
         for p in model.head_parameters():
             p.requires_grad_(True)
     return model, pretrained
-
-
-def parameter_groups(model: nn.Module, pretrained: set[str], multiplier: float) -> list[dict]:
-    """SGD parameter groups: the layers the weights file gave at ``multiplier`` × the LR, the new ones at
-    the LR (fine-tuning as TSN: pre-trained layers move slower than the new classifier)."""
-    groups = [{"params": [], "lr_mult": multiplier, "name": "pretrained"},
-              {"params": [], "lr_mult": 1.0, "name": "new"}]
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            groups[0 if name in pretrained else 1]["params"].append(p)
-    return [g for g in groups if g["params"]]
 
 
 def lock_run_dir(run_dir: Path) -> FolderLock:
@@ -228,164 +126,232 @@ def _state_dict_problem(exc: Exception) -> str:
     return detail[:300]
 
 
-def _fit(cfg: Config, resume: bool, procs: Processes) -> dict:
-    run_dir = Path(cfg.run.dir)
-    checkpoint_path = run_dir / ckpt.CHECKPOINT
-    milestones, total = lr_schedule(cfg)
-    if cfg.optim.batch_size % procs.world:
-        raise TrainError(f"optim.batch_size {cfg.optim.batch_size} does not split over {procs.world} processes")
-    progress = Progress(0, total, cfg.train.log_every, procs.main)
-    log = progress.message
+@dataclass
+class Run:
+    """What the steps of one training run share."""
 
-    datasets = open_datasets(cfg)
+    cfg: Config
+    procs: Processes
+    datasets: list[TrainingSet]
+    spec: InputSpec
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    milestones: list[int]
+    total: int
+    start: int = 0
+    last_val: dict[str, float] = field(default_factory=dict)
+    last_saved: int | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.run.dir)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / ckpt.CHECKPOINT
+
+    def log(self, message: str) -> None:
+        if self.procs.main:
+            log.info(message)
+
+
+def describe_datasets(datasets: list[TrainingSet], cfg: Config) -> None:
+    """Videos and classes of each dataset, and what will not be trained or validated."""
     for ds in datasets:
-        log(f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test videos, {len(ds.classes)} classes"
-            + (f"; {ds.missing_report}" if ds.missing_report else ""))
+        log.info(f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test videos, {len(ds.classes)} classes"
+                 + (f"; {ds.missing_report}" if ds.missing_report else ""))
         unsampled = [ds.classes[c] for c, videos in enumerate(ds.train_by_class) if not videos]
         if unsampled:
-            log(f"warning: {ds.name}: {len(unsampled)} class(es) have no training video and are never trained on: "
-                f"{', '.join(unsampled[:5])}{', ...' if len(unsampled) > 5 else ''}")
+            log.info(f"warning: {ds.name}: {len(unsampled)} class(es) have no training video and are never trained "
+                     f"on: {', '.join(unsampled[:5])}{', ...' if len(unsampled) > 5 else ''}")
         if not ds.test:
-            log(f"warning: {ds.name}: no test video of split {cfg.data.split} is in the store: no validation")
-    spec = InputSpec.from_config(cfg.data, procs.device.type)
+            log.info(f"warning: {ds.name}: no test video of split {cfg.data.split} is in the store: no validation")
+
+
+def build(cfg: Config, datasets: list[TrainingSet], procs: Processes, spec: InputSpec
+          ) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The net on its device (channels_last on CUDA) with its starting weights, and its SGD optimizer."""
     torch.manual_seed(cfg.run.seed)
-    model, pretrained = _build(cfg, datasets, log)
+    model, pretrained = _build(cfg, datasets, log.info if procs.main else lambda _: None)
     arch = "CNN-M-2048" if cfg.model.arch == "cnn_m_2048" else cfg.model.arch
-    if cfg.model.arch != "cnn_m_2048" and cfg.model.width != 1.0:
-        log(f"note: model.width {cfg.model.width} scales cnn_m_2048 only; {arch} is built as its library defines it")
-    log(f"{cfg.data.stream} {arch} ({f'width {cfg.model.width}, ' if arch == 'CNN-M-2048' else ''}"
-        f"{spec.channels} input channels, "
-        f"{cfg.data.crop}x{cfg.data.crop}): {count_parameters(model) / 1e6:.1f}M parameters on {procs.device}"
-        + (f", {procs.world} processes" if procs.world > 1 else ""))
+    if procs.main:
+        if cfg.model.arch != "cnn_m_2048" and cfg.model.width != 1.0:
+            log.info(f"note: model.width {cfg.model.width} scales cnn_m_2048 only; {arch} is built as its library "
+                     "defines it")
+        log.info(f"{cfg.data.stream} {arch} ({f'width {cfg.model.width}, ' if arch == 'CNN-M-2048' else ''}"
+                 f"{spec.channels} input channels, "
+                 f"{cfg.data.crop}x{cfg.data.crop}): {count_parameters(model) / 1e6:.1f}M parameters on "
+                 f"{procs.device}" + (f", {procs.world} processes" if procs.world > 1 else ""))
     cuda = procs.device.type == "cuda"
     model.to(procs.device, memory_format=torch.channels_last if cuda else torch.contiguous_format)
     optimizer = torch.optim.SGD(parameter_groups(model, pretrained, cfg.optim.pretrained_lr), lr=cfg.optim.lr,
                                 momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+    return model, optimizer
 
-    start, last_val, last_saved = 0, {}, None
-    if procs.main:
-        for tmp in ckpt.remove_partial(checkpoint_path):
-            log(f"removed {tmp} (a checkpoint write that a killed run left unfinished)")
-    if checkpoint_path.exists():
-        try:
-            state = ckpt.load(checkpoint_path)
-        except ckpt.CheckpointError as exc:
-            raise TrainError(f"{exc}; move it away to start again, or restore it") from None
-        if not resume:
-            raise TrainError(f"{checkpoint_path} exists (iteration {state['step']}): add --resume to continue "
-                             "it, or set run.dir to start a new run")
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            problem = _state_dict_problem(exc)
-            raise TrainError(f"{checkpoint_path} does not fit this config's model: {problem}") from None
-        torch.set_rng_state(state["torch_rng"])
-        start, last_val, last_saved = state["step"], state.get("val", {}), state["step"]
-        log(f"resumed from {checkpoint_path} at iteration {start}")
-        changes = _config_changes(state.get("config", {}), cfg.to_dict())
-        if changes:
-            log(f"note: the config differs from the checkpoint's, the new values apply from iteration {start}: "
+
+def resume(run: Run, resume_asked: bool) -> None:
+    """Continue from the run folder's checkpoint where there is one (and ``--resume`` was given):
+    weights, optimizer, RNG, the iteration, the last validation; metrics rows after it are dropped."""
+    path = run.checkpoint_path
+    if run.procs.main:
+        for tmp in ckpt.remove_partial(path):
+            run.log(f"removed {tmp} (a checkpoint write that a killed run left unfinished)")
+    if not path.exists():
+        if resume_asked:
+            run.log(f"no checkpoint in {run.run_dir}: starting at iteration 0")
+        return
+    try:
+        state = ckpt.read(path)
+    except ckpt.CheckpointError as exc:
+        raise TrainError(f"{exc}; move it away to start again, or restore it") from None
+    if not resume_asked:
+        raise TrainError(f"{path} exists (iteration {state.step}): add --resume to continue "
+                         "it, or set run.dir to start a new run")
+    try:
+        run.model.load_state_dict(state.model)
+        run.optimizer.load_state_dict(state.optimizer)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise TrainError(f"{path} does not fit this config's model: {_state_dict_problem(exc)}") from None
+    if state.torch_rng is not None:
+        torch.set_rng_state(state.torch_rng)
+    run.start, run.last_val, run.last_saved = state.step, state.val, state.step
+    run.log(f"resumed from {path} at iteration {run.start}")
+    changes = _config_changes(state.config, run.cfg.to_dict())
+    if changes:
+        run.log(f"note: the config differs from the checkpoint's, the new values apply from iteration {run.start}: "
                 + "; ".join(changes))
-        if procs.main:
-            dropped = drop_rows_after(run_dir / "metrics.csv", start)
-            if dropped:
-                log(f"dropped {dropped} metrics.csv row(s) after iteration {start} (they are redone)")
-    elif resume:
-        log(f"no checkpoint in {run_dir}: starting at iteration 0")
-    if procs.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / f".config.yaml.tmp{os.getpid()}"
-        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        os.replace(tmp, run_dir / "config.yaml")
+    if run.procs.main:
+        dropped = drop_rows_after(run.run_dir / "metrics.csv", run.start)
+        if dropped:
+            run.log(f"dropped {dropped} metrics.csv row(s) after iteration {run.start} (they are redone)")
 
-    net = model
-    if procs.world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[procs.device.index] if cuda else None)
-    names = [ds.name for ds in datasets]
-    workers = cfg.data.workers
-    loader = torch.utils.data.DataLoader(
-        TrainInputs(datasets, spec),
-        batch_sampler=StepBatches(datasets, cfg.optim.batch_size, cfg.run.seed, start, total,
-                                  procs.rank, procs.world),
-        num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0,
+
+def training_loader(run: Run) -> torch.utils.data.DataLoader:
+    """This process's batches from ``run.start`` to the end (see :class:`trainer.data.StepBatches`)."""
+    cfg, workers = run.cfg, run.cfg.data.workers
+    return torch.utils.data.DataLoader(
+        TrainInputs(run.datasets, run.spec),
+        batch_sampler=StepBatches(run.datasets, cfg.optim.batch_size, cfg.run.seed, run.start, run.total,
+                                  run.procs.rank, run.procs.world),
+        num_workers=workers, pin_memory=run.procs.device.type == "cuda", persistent_workers=workers > 0,
         prefetch_factor=4 if workers else None, collate_fn=collate,
     )
 
-    def save(step: int) -> None:
-        nonlocal last_saved
-        if procs.main:
-            ckpt.save_atomic({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "total": total,
-                "milestones": milestones, "config": cfg.to_dict(), "torch_rng": torch.get_rng_state(),
-                "classes": {ds.name: ds.classes for ds in datasets}, "stream": cfg.data.stream,
-                "flow": {ds.name: ds.flow_meta for ds in datasets}, "val": last_val,
-            }, checkpoint_path)
-        last_saved = step
 
-    def run_validation(step: int) -> None:
-        nonlocal last_val
-        if procs.main:
-            last_val = validate(model, datasets, spec, cfg.train.val_videos, workers, procs.device)
-            if not last_val:
-                log(f"validation at iteration {step}: skipped, no test video in the store")
-            for name, acc in last_val.items():
-                append_row(run_dir / "metrics.csv", iteration=step, kind="val", dataset=name, accuracy=f"{acc:.4f}")
-            if last_val:
-                log(f"validation at iteration {step}: "
-                    + ", ".join(f"{name} {100 * acc:.1f}%" for name, acc in last_val.items()))
-        if procs.world > 1:
-            dist.barrier()
+def train_one_step(run: Run, net: nn.Module, batch: tuple, step: int) -> tuple[float, float]:
+    """One SGD step at iteration ``step`` (0-based) on ``batch``; returns (loss, LR). A loss that is not
+    finite on any process stops the run (TrainError naming the last good checkpoint)."""
+    x, y, task = batch
+    procs, cfg = run.procs, run.cfg
+    lr = lr_at(step, cfg.optim.lr, run.milestones)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)  # checkpoints before parameter groups have none
+    x = to_device(x, procs.device)
+    y, task = y.to(procs.device, non_blocking=True), task.to(procs.device, non_blocking=True)
+    with torch.autocast(procs.device.type, dtype=torch.bfloat16, enabled=procs.device.type == "cuda"):
+        outputs = net(x)
+    loss = task_loss(outputs, y, task, [ds.name for ds in run.datasets])
+    finite = torch.isfinite(loss.detach()).float()
+    if procs.world > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if finite.item() < 1:
+        where = (f"last good checkpoint: {run.checkpoint_path} (iteration {run.last_saved})"
+                 if run.last_saved is not None else "no checkpoint was written")
+        raise TrainError(f"loss became {loss.item()} at iteration {step + 1} (lr {lr:g}); stopped; {where}. "
+                         "Lower optim.lr or check the input data")
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    return loss.item(), lr
 
-    progress.start, progress.t0 = start, time.perf_counter()
+
+def run_validation(run: Run, step: int) -> None:
+    """Validate on the first process, record the accuracies in metrics.csv; every process waits."""
+    if run.procs.main:
+        cfg = run.cfg
+        run.last_val = validate(run.model, run.datasets, run.spec, cfg.train.val_videos, cfg.data.workers,
+                                run.procs.device)
+        if not run.last_val:
+            run.log(f"validation at iteration {step}: skipped, no test video in the store")
+        for name, acc in run.last_val.items():
+            append_row(run.run_dir / "metrics.csv", iteration=step, kind="val", dataset=name, accuracy=f"{acc:.4f}")
+        if run.last_val:
+            run.log(f"validation at iteration {step}: "
+                    + ", ".join(f"{name} {100 * acc:.1f}%" for name, acc in run.last_val.items()))
+    if run.procs.world > 1:
+        dist.barrier()
+
+
+def save_checkpoint(run: Run, step: int) -> None:
+    """The run's state at ``step``, written atomically by the first process."""
+    if run.procs.main:
+        ckpt.save(ckpt.Checkpoint(
+            model=run.model.state_dict(), optimizer=run.optimizer.state_dict(), step=step, total=run.total,
+            milestones=run.milestones, config=run.cfg.to_dict(), classes={ds.name: ds.classes for ds in run.datasets},
+            stream=run.cfg.data.stream, flow={ds.name: ds.flow_meta for ds in run.datasets}, val=run.last_val,
+            torch_rng=torch.get_rng_state()), run.checkpoint_path)
+    run.last_saved = step
+
+
+def _start(cfg: Config, procs: Processes) -> Run:
+    """Datasets, inputs, net and optimizer of a new run (nothing resumed yet)."""
+    milestones, total = lr_schedule(cfg)
+    if cfg.optim.batch_size % procs.world:
+        raise TrainError(f"optim.batch_size {cfg.optim.batch_size} does not split over {procs.world} processes")
+    datasets = open_datasets(cfg)
+    if procs.main:
+        describe_datasets(datasets, cfg)
+    spec = InputSpec.from_config(cfg.data, procs.device.type)
+    model, optimizer = build(cfg, datasets, procs, spec)
+    return Run(cfg, procs, datasets, spec, model, optimizer, milestones, total)
+
+
+def _fit(cfg: Config, resume_asked: bool, procs: Processes) -> dict:
+    run = _start(cfg, procs)
+    resume(run, resume_asked)
+    if procs.main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(run.run_dir / "config.yaml", "w") as f:
+            f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    net = run.model
+    if procs.world > 1:
+        net = nn.parallel.DistributedDataParallel(run.model, device_ids=[procs.device.index]
+                                                  if procs.device.type == "cuda" else None)
+    progress = Progress(run.total, cfg.train.log_every, procs.main)
+    progress.begin(run.start)
     net.train()
     window_loss, window_count, window_t = 0.0, 0, time.perf_counter()
-    step = start
-    for x, y, task in loader:
-        lr = lr_at(step, cfg.optim.lr, milestones)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_mult", 1.0)  # checkpoints before parameter groups have none
-        x = as_input(x, procs.device)
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y, task = y.to(procs.device, non_blocking=True), task.to(procs.device, non_blocking=True)
-        with torch.autocast(procs.device.type, dtype=torch.bfloat16, enabled=cuda):
-            outputs = net(x)
-        loss = task_loss(outputs, y, task, names)
-        finite = torch.isfinite(loss.detach()).float()
-        if procs.world > 1:
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if finite.item() < 1:
-            where = (f"last good checkpoint: {checkpoint_path} (iteration {last_saved})" if last_saved is not None
-                     else "no checkpoint was written")
-            raise TrainError(f"loss became {loss.item()} at iteration {step + 1} (lr {lr:g}); stopped; {where}. "
-                             "Lower optim.lr or check the input data")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        window_loss += loss.item()
-        window_count += 1
-        elapsed = time.perf_counter() - window_t
-        samples_per_s = window_count * cfg.optim.batch_size / max(elapsed, 1e-9)
-        progress.update(step, window_loss / window_count, lr, samples_per_s)
-        if step % cfg.train.log_every == 0 or step == total:
-            if procs.main:
-                append_row(run_dir / "metrics.csv", iteration=step, kind="train", lr=f"{lr:g}",
-                           loss=f"{window_loss / window_count:.5f}", samples_per_s=f"{samples_per_s:.1f}",
-                           seconds=f"{elapsed:.2f}")
-            window_loss, window_count, window_t = 0.0, 0, time.perf_counter()
-        if cfg.train.val_every and step % cfg.train.val_every == 0 and step != total:
-            run_validation(step)
-        if step % cfg.train.checkpoint_every == 0 and step != total:
-            save(step)
-    if step != total:
-        raise TrainError(f"the data loader stopped at iteration {step} of {total}")
-    if start < total or not last_val:
-        run_validation(total)
-    save(total)
-    if procs.main and (run_dir / "metrics.csv").exists():
-        plot_curves(run_dir / "metrics.csv", run_dir / "curves.png",
+    step = run.start
+    try:
+        for batch in training_loader(run):
+            loss, lr = train_one_step(run, net, batch, step)
+            step += 1
+            window_loss += loss
+            window_count += 1
+            elapsed = time.perf_counter() - window_t
+            samples_per_s = window_count * cfg.optim.batch_size / max(elapsed, 1e-9)
+            progress.update(step, window_loss / window_count, lr, samples_per_s)
+            if step % cfg.train.log_every == 0 or step == run.total:
+                if procs.main:
+                    append_row(run.run_dir / "metrics.csv", iteration=step, kind="train", lr=f"{lr:g}",
+                               loss=f"{window_loss / window_count:.5f}", samples_per_s=f"{samples_per_s:.1f}",
+                               seconds=f"{elapsed:.2f}")
+                window_loss, window_count, window_t = 0.0, 0, time.perf_counter()
+            if cfg.train.val_every and step % cfg.train.val_every == 0 and step != run.total:
+                run_validation(run, step)
+            if step % cfg.train.checkpoint_every == 0 and step != run.total:
+                save_checkpoint(run, step)
+    finally:
+        progress.close()
+    if step != run.total:
+        raise TrainError(f"the data loader stopped at iteration {step} of {run.total}")
+    if run.start < run.total or not run.last_val:
+        run_validation(run, run.total)
+    save_checkpoint(run, run.total)
+    names = [ds.name for ds in run.datasets]
+    if procs.main and (run.run_dir / "metrics.csv").exists():
+        plot_curves(run.run_dir / "metrics.csv", run.run_dir / "curves.png",
                     f"{cfg.data.stream} stream, {', '.join(names)} split {cfg.data.split}")
-    return {"iterations": total, "val": last_val, "checkpoint": str(checkpoint_path), "run_dir": str(run_dir),
-            "milestones": milestones, "lr_final": lr_at(total - 1, cfg.optim.lr, milestones)}
+    return {"iterations": run.total, "val": run.last_val, "checkpoint": str(run.checkpoint_path),
+            "run_dir": str(run.run_dir), "milestones": run.milestones,
+            "lr_final": lr_at(run.total - 1, cfg.optim.lr, run.milestones)}

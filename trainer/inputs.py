@@ -1,255 +1,129 @@
-"""ConvNet inputs built from flowprep records: volumes, crops, flips, normalisation, packing.
+"""ConvNet inputs built from flowprep records: what one input is (:class:`InputSpec`), and the three
+ways it is built, one class each behind one interface.
 
 Spatial input: one RGB frame. Temporal input: the volume I_τ of 2L channels built from L flow
-fields (section 3.1): channel 2k (0-based) holds dx and 2k+1 holds dy of field k, i.e. the paper's
-channels 2k−1 and 2k (1-based) hold d^x and d^y of d_{τ+k−1}. Fields are
+fields (section 3.1, :mod:`trainer.volumes`). Augmentation (section 5): a random crop of
+``crop``×``crop`` pixels from the whole frame, a random horizontal flip (for flow: mirror and negate
+every dx channel), PCA colour jitter on RGB. Testing: the four corners and the centre, and the same
+mirrored; validation: the centre crop of the middle frame.
 
-* optical flow stacking (eq. 1): the fields sampled at the same pixel;
-* trajectory stacking (eq. 2): the fields sampled bilinearly along p_1 = (u, v),
-  p_k = p_{k−1} + d_{τ+k−2}(p_{k−1});
-* bi-directional: L/2 forward fields d_τ … d_{τ+L/2−1}, then L/2 backward fields going back from τ
-  (frame τ → τ−1, then τ−1 → τ−2, …), each half traced from frame τ for trajectories.
+The three builders share the draws (τ, crop, flip, jitter: the same for the same seed) and differ
+in what a worker hands over:
 
-With mean subtraction each field's mean displacement is subtracted first. τ is drawn so every field
-exists; a clip with fewer fields than needed repeats its last (or first) field.
+* :class:`FloatInputs`: float C×H×W inputs (trajectory stacking, which samples float fields along
+  trajectories);
+* :class:`LevelInputs`: crops cut from the decoded 8-bit planes, handed over still as levels
+  (:class:`trainer.planes.PackedInput`, 4× fewer bytes), expanded on the device;
+* :class:`EncodedInputs` (``data.decode: device``): the JPEG records and a plan, decoded on the
+  device (:mod:`trainer.encoded`).
 
-Augmentation (section 5): a random crop of ``crop``×``crop`` pixels from the whole frame, a random
-horizontal flip (for flow: mirror and negate every dx channel), PCA colour jitter on RGB.
-
-Records are read through :func:`flowprep.store.decode_records`: a damaged one is a
-``CorruptRecordError`` naming video and record. Datasets and sampling: :mod:`trainer.data`.
+:func:`to_device` is the one place where a loader batch becomes the network's input on its device
+(expanded or decoded, channels_last on CUDA). Datasets and sampling: :mod:`trainer.data`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Protocol
 
-import cv2
 import numpy as np
 import torch
 
-from flowprep.codec import decode_flow_components, decode_rgb_bgr, flow_levels
-from flowprep.store import FlowStore, decode_records
+from flowprep.storage.store import FlowStore
 from trainer.config import DataConfig
-from trainer.crops import (  # noqa: F401 - corner_crops, fit_to_crop: part of this module's interface
-    centre_crop,
-    corner_crops,
-    crop_positions,
-    fit_to_crop,
-    flip_horizontal,
-    jitter_shift,
-    random_crop,
-    ten_crops,
-)
+from trainer.crops import crop_positions, fit_to_crop, flip_horizontal, jitter_shift
 from trainer.encoded import EncodedBatch, EncodedInput, decode_inputs, flow_plan, rgb_plan
+from trainer.planes import LevelPlanes, PackedInput, flow_level_planes, rgb_level_planes
+from trainer.volumes import VideoEntry, field_indices, flow_volume, read_fields, tau_range
+
+Crop = tuple[int, int, bool]  # (top, left, mirrored) in pixels of the whole (enlarged) frame
+Built = torch.Tensor | PackedInput | EncodedInput
 
 
-@dataclass
-class VideoEntry:
-    video: str
-    label: int
-    num_frames: int
-    num_flows: int
-    num_backward: int
+class InputBuilder(Protocol):
+    """How one kind of input is built: ``load`` the whole frame at τ (anything with ``shape`` (H, W)),
+    then ``cut`` crops from it, normalised (``shift``: an RGB colour-jitter shift). ``single``: one crop,
+    returned without a batch dimension. ``packed``: as levels or still encoded where the kind allows."""
+
+    def load(self, store: FlowStore, entry: VideoEntry, tau: int) -> object: ...
+
+    def cut(self, source: object, crops: list[Crop], shift: np.ndarray | None, packed: bool, single: bool
+            ) -> Built: ...
 
 
-# ---------------------------------------------------------------------------------------------
-# Temporal input volumes
+class _FloatFrame:
+    """A whole float C×H×W input with the (H, W) ``shape`` the builders' sources have."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+        self.shape = array.shape[1:]
 
 
-def field_indices(tau: int, num_flows: int, length: int, bidirectional: bool) -> list[tuple[str, int]]:
-    """(kind, t) of the fields of I_τ in channel order; kind is "flow" (forward) or "back"."""
-    last = max(0, num_flows - 1)
-    if not bidirectional:
-        return [("flow", min(tau + k, last)) for k in range(length)]
-    half = length // 2
-    forward = [("flow", min(tau + k, last)) for k in range(half)]
-    backward = [("back", min(max(tau - 1 - k, 0), last)) for k in range(half)]
-    return forward + backward
+@dataclass(frozen=True)
+class FloatInputs:
+    """Float inputs (trajectory stacking): the whole volume in pixels, cropped, mirrored, normalised."""
+
+    spec: InputSpec
+
+    def load(self, store: FlowStore, entry: VideoEntry, tau: int) -> _FloatFrame:
+        return _FloatFrame(self.spec.raw(store, entry, tau))
+
+    def cut(self, source: _FloatFrame, crops: list[Crop], shift: np.ndarray | None, packed: bool, single: bool
+            ) -> torch.Tensor:
+        c = self.spec.crop
+        out = []
+        for top, left, flip in crops:
+            region = source.array[:, top:top + c, left:left + c]
+            out.append(self.spec.normalise(flip_horizontal(region, True) if flip else region))
+        return out[0] if single else torch.stack(out)
 
 
-def tau_range(num_flows: int, length: int, bidirectional: bool) -> tuple[int, int]:
-    """Inclusive range of τ for which every field of I_τ exists (a single τ = 0 for short clips).
+@dataclass(frozen=True)
+class LevelInputs:
+    """Inputs cut from 8-bit planes (:class:`trainer.planes.LevelPlanes`); ``packed``: still as levels."""
 
-    Forward fields d_τ … d_{τ+L−1} need τ ≤ num_flows − L. Bi-directional volumes need L/2 backward
-    fields before τ (τ ≥ L/2) and L/2 forward fields from τ (τ ≤ num_flows − L/2).
-    """
-    if bidirectional:
-        half = length // 2
-        lo, hi = half, num_flows - half
-    else:
-        lo, hi = 0, num_flows - length
-    if hi < lo:
-        mid = min(max(num_flows // 2, 0), max(num_flows - 1, 0))
-        return mid, mid
-    return lo, hi
+    spec: InputSpec
 
+    def load(self, store: FlowStore, entry: VideoEntry, tau: int) -> LevelPlanes:
+        return self.spec.levels(store, entry, tau)
 
-def _sample(component: np.ndarray, points_x: np.ndarray, points_y: np.ndarray) -> np.ndarray:
-    return cv2.remap(component, points_x, points_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    def cut(self, source: LevelPlanes, crops: list[Crop], shift: np.ndarray | None, packed: bool, single: bool
+            ) -> torch.Tensor | PackedInput:
+        c = self.spec.crop
+        scale, offset = self.spec.normalisation(shift)
+        parts = [source.crop(top, left, c, c, flip, scale, offset) for top, left, flip in crops]
+        out = parts[0] if single else PackedInput(*(torch.stack(p) for p in zip(*parts, strict=True)))
+        return out if packed else out.expand()
 
 
-Field = tuple[np.ndarray, np.ndarray]  # (dx, dy): float32 H×W pixels
+@dataclass(frozen=True)
+class EncodedInputs:
+    """Inputs left as JPEG records with a plan (:class:`trainer.encoded.EncodedInput`), decoded on the
+    device; not ``packed``: decoded here, on the CPU."""
 
+    spec: InputSpec
 
-def stack_fields(fields: Sequence[Field], stacking: str = "optical_flow", mean_subtraction: bool = True,
-                 restart_at: int | None = None) -> np.ndarray:
-    """2L×H×W volume (channel 2k: dx, 2k+1: dy of field k) from L fields. ``restart_at``: index
-    where trajectories start again from frame τ (the backward half of a bi-directional volume)."""
-    h, w = fields[0][0].shape
-    volume = np.empty((2 * len(fields), h, w), np.float32)
-    if stacking == "optical_flow":
-        for k, (dx, dy) in enumerate(fields):
-            volume[2 * k], volume[2 * k + 1] = dx, dy
-    else:
-        grid_y, grid_x = np.mgrid[0:h, 0:w].astype(np.float32)
-        px, py = grid_x, grid_y
-        for k, (dx, dy) in enumerate(fields):
-            if k == restart_at:
-                px, py = grid_x, grid_y
-            volume[2 * k] = _sample(dx, px, py)
-            volume[2 * k + 1] = _sample(dy, px, py)
-            px, py = px + volume[2 * k], py + volume[2 * k + 1]
-    if mean_subtraction:
-        # each field's own mean (sampling a field minus a constant gives the samples minus that constant)
-        means = np.array([[dx.mean(), dy.mean()] for dx, dy in fields], np.float32).reshape(-1)
-        volume -= means[:, None, None]
-    return volume
+    def load(self, store: FlowStore, entry: VideoEntry, tau: int) -> EncodedInput:
+        spec = self.spec
+        if spec.stream == "spatial":
+            return rgb_plan(store.records(entry.video, "rgb", [tau])[0], spec.crop)
+        indices = field_indices(tau, entry.num_flows, spec.flow_stack, spec.bidirectional)
+        records = read_fields(store, entry.video, indices, decode=lambda record: record)
+        return flow_plan(records, spec.mean_subtraction, spec.crop)
 
-
-def read_fields(store: FlowStore, video: str, indices: Sequence[tuple[str, int]],
-                decode: Callable = decode_flow_components) -> list:
-    """The given (kind, t) flow records decoded by ``decode`` (default: float (dx, dy)), in order; one
-    read transaction per kind, each distinct record decoded once."""
-    out: dict[tuple[str, int], object] = {}
-    for kind in ("flow", "back"):
-        ts = sorted({t for k, t in indices if k == kind})
-        if ts:
-            for t, value in zip(ts, decode_records(store, video, kind, ts, decode), strict=True):
-                out[(kind, t)] = value
-    return [out[i] for i in indices]
-
-
-def flow_volume(store: FlowStore, entry: VideoEntry, tau: int, length: int, stacking: str,
-                bidirectional: bool, mean_subtraction: bool) -> np.ndarray:
-    """The temporal input I_τ of one video: 2L×H×W float32 pixels."""
-    fields = read_fields(store, entry.video, field_indices(tau, entry.num_flows, length, bidirectional))
-    return stack_fields(fields, stacking, mean_subtraction, restart_at=length // 2 if bidirectional else None)
-
-
-class PackedInput(NamedTuple):
-    """Inputs still as 8-bit levels: the float input is ``levels · scale + offset`` per channel.
-
-    A DataLoader worker hands these to the training process instead of float32 inputs: 4× fewer bytes
-    through shared memory (the transfer alone caps float32 112×112×20 inputs at ~1,100/s per worker on
-    the development machine, uint8 ones at ~3,600/s: bench/loader.py, bench/RESULTS.md) and to the GPU;
-    :func:`as_input` expands them there.
-    Shapes: levels uint8 [N×]C×H×W, scale and offset float32 [N×]C.
-    """
-
-    levels: torch.Tensor
-    scale: torch.Tensor
-    offset: torch.Tensor
-
-    def expand(self) -> torch.Tensor:
-        return self.levels.to(torch.float32).mul_(self.scale[..., None, None]).add_(self.offset[..., None, None])
-
-
-def as_input(batch: torch.Tensor | PackedInput | EncodedBatch, device: torch.device) -> torch.Tensor:
-    """A loader batch as float32 N×C×H×W on ``device`` (packed levels are moved first, then expanded;
-    encoded ones decoded there)."""
-    if isinstance(batch, EncodedBatch):
-        return decode_inputs(batch, device)
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    return PackedInput(*(t.to(device, non_blocking=True) for t in batch)).expand()
-
-
-@dataclass
-class LevelPlanes:
-    """An input still as decoded 8-bit planes: channel c is ``scale[c] · planes[c] + offset[c]``.
-
-    JPEG records decode to uint8 levels, and every step up to the network input is affine per channel
-    (dequantisation, mean subtraction, mirroring's sign change, normalisation). So crops are cut and
-    mirrored on the 8-bit planes and only the crop is converted, once — where converting, stacking,
-    mean-subtracting, cropping, mirroring and scaling whole float frames took six passes over float
-    copies (bench/loader.py). ``scale``/``offset`` give the input's own units: flow pixels
-    (mean-subtracted when asked) or RGB in [0, 1]. ``mirror_sign`` is −1 for the channels a horizontal
-    mirror negates (flow dx), else 1.
-    """
-
-    planes: list[np.ndarray]
-    scale: np.ndarray
-    offset: np.ndarray
-    mirror_sign: np.ndarray
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.planes[0].shape
-
-    def enlarged(self, crop: int, is_flow: bool) -> LevelPlanes:
-        """Planes resized so the smaller side is at least ``crop`` (flow values grow with the frame)."""
-        h, w = self.shape
-        if min(h, w) >= crop:
-            return self
-        factor = crop / min(h, w)
-        size = (max(crop, round(w * factor)), max(crop, round(h * factor)))
-        planes = [cv2.resize(p, size, interpolation=cv2.INTER_LINEAR) for p in self.planes]
-        gain = factor if is_flow else 1.0
-        return LevelPlanes(planes, self.scale * gain, self.offset * gain, self.mirror_sign)
-
-    def crop(self, top: int, left: int, height: int, width: int, flip: bool = False,
-             scale: np.ndarray | float = 1.0, offset: np.ndarray | float = 0.0) -> PackedInput:
-        """The region at (top, left), mirrored if ``flip``, normalised as ``scale · x + offset`` per channel
-        (``scale``, ``offset``: scalars or one value per channel), still as levels."""
-        gain = np.broadcast_to(np.asarray(scale, np.float64), self.scale.shape)
-        if flip:
-            gain = gain * self.mirror_sign
-        levels = np.empty((len(self.planes), height, width), np.uint8)
-        for c, plane in enumerate(self.planes):
-            view = plane[top:top + height, left:left + width]
-            if flip:
-                cv2.flip(view, 1, dst=levels[c])
-            else:
-                levels[c] = view
-        return PackedInput(torch.from_numpy(levels), torch.from_numpy((self.scale * gain).astype(np.float32)),
-                           torch.from_numpy((self.offset * gain + offset).astype(np.float32)))
-
-    def convert(self, top: int, left: int, height: int, width: int, flip: bool = False,
-                scale: np.ndarray | float = 1.0, offset: np.ndarray | float = 0.0) -> np.ndarray:
-        """:meth:`crop` expanded to C×height×width float32."""
-        return self.crop(top, left, height, width, flip, scale, offset).expand().numpy()
-
-    def full(self) -> np.ndarray:
-        return self.convert(0, 0, *self.shape)
-
-
-def flow_level_planes(store: FlowStore, entry: VideoEntry, tau: int, length: int, bidirectional: bool,
-                      mean_subtraction: bool) -> LevelPlanes:
-    """The optical-flow-stacked I_τ (eq. 1) as 8-bit planes; each field's mean vector comes from its
-    levels (mean = a·mean(level) + b), so no float field is made."""
-    fields = read_fields(store, entry.video, field_indices(tau, entry.num_flows, length, bidirectional), flow_levels)
-    planes, scale, offset = [], [], []
-    for qx, qy, (ax, bx), (ay, by) in fields:
-        for q, a, b in ((qx, ax, bx), (qy, ay, by)):
-            planes.append(q)
-            scale.append(a)
-            offset.append(-a * cv2.mean(q)[0] if mean_subtraction else b)
-    sign = np.tile(np.array([-1.0, 1.0]), len(fields))
-    return LevelPlanes(planes, np.array(scale), np.array(offset), sign)
-
-
-def rgb_level_planes(store: FlowStore, entry: VideoEntry, t: int) -> LevelPlanes:
-    """Frame t as R, G, B 8-bit planes with values in [0, 1]."""
-    blue, green, red = cv2.split(decode_records(store, entry.video, "rgb", [t], decode_rgb_bgr)[0])
-    return LevelPlanes([red, green, blue], np.full(3, 1 / 255), np.zeros(3), np.ones(3))
+    def cut(self, source: EncodedInput, crops: list[Crop], shift: np.ndarray | None, packed: bool, single: bool
+            ) -> torch.Tensor | EncodedInput:
+        scale, offset = self.spec.normalisation(shift)
+        source.crops = crops
+        source.norm_scale = np.broadcast_to(np.asarray(scale, np.float64), source.scale.shape).copy()
+        source.norm_offset = np.broadcast_to(np.asarray(offset, np.float64), source.scale.shape).copy()
+        return source if packed else decode_inputs([source], torch.device("cpu"))
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """Everything needed to build one input, picklable for DataLoader workers."""
+    """Everything needed to build one input, picklable for DataLoader workers. ``crop``: pixels;
+    ``rgb_mean``/``rgb_std``: of RGB in [0, 1]; ``flow_scale``: flow pixels → network units."""
 
     stream: str
     flow_stack: int
@@ -285,6 +159,13 @@ class InputSpec:
         fields along trajectories)."""
         return self.stream == "spatial" or self.stacking == "optical_flow"
 
+    @property
+    def builder(self) -> InputBuilder:
+        """The builder of this kind of input."""
+        if not self.from_levels:
+            return FloatInputs(self)
+        return EncodedInputs(self) if self.decode == "device" else LevelInputs(self)
+
     def levels(self, store: FlowStore, entry: VideoEntry, tau: int) -> LevelPlanes:
         """The input at τ as 8-bit planes, enlarged when a side is below the crop (needs :attr:`from_levels`)."""
         if self.stream == "spatial":
@@ -292,22 +173,6 @@ class InputSpec:
         else:
             planes = flow_level_planes(store, entry, tau, self.flow_stack, self.bidirectional, self.mean_subtraction)
         return planes.enlarged(self.crop, self.stream == "temporal")
-
-    def plan(self, store: FlowStore, entry: VideoEntry, tau: int) -> EncodedInput:
-        """The input at τ as JPEG records and a plan, crops not yet chosen (``decode: device``)."""
-        if self.stream == "spatial":
-            return rgb_plan(store.records(entry.video, "rgb", [tau])[0], self.crop)
-        indices = field_indices(tau, entry.num_flows, self.flow_stack, self.bidirectional)
-        records = read_fields(store, entry.video, indices, decode=lambda record: record)
-        return flow_plan(records, self.mean_subtraction, self.crop)
-
-    def _planned(self, plan: EncodedInput, crops: list[tuple[int, int, bool]], shift: np.ndarray | None,
-                 packed: bool) -> torch.Tensor | EncodedInput:
-        scale, offset = self.normalisation(shift)
-        plan.crops = crops
-        plan.norm_scale = np.broadcast_to(np.asarray(scale, np.float64), plan.scale.shape).copy()
-        plan.norm_offset = np.broadcast_to(np.asarray(offset, np.float64), plan.scale.shape).copy()
-        return plan if packed else decode_inputs([plan], torch.device("cpu"))
 
     def raw(self, store: FlowStore, entry: VideoEntry, tau: int) -> np.ndarray:
         """The whole-frame C×H×W input at τ before cropping: RGB in [0, 1] or the flow volume in pixels,
@@ -339,57 +204,54 @@ class InputSpec:
             return 0, entry.num_frames - 1
         return tau_range(entry.num_flows, self.flow_stack, self.bidirectional)
 
-    def training_input(self, store: FlowStore, entry: VideoEntry, seed: int,
-                       packed: bool = False) -> torch.Tensor | PackedInput | EncodedInput:
+    def training_input(self, store: FlowStore, entry: VideoEntry, seed: int, packed: bool = False) -> Built:
         """A random crop at a random τ, randomly mirrored, RGB colour-jittered; the same for the same seed.
         ``packed``: as 8-bit levels where the input allows (:class:`PackedInput`), or with ``decode:
         device`` still encoded (:class:`EncodedInput`)."""
         rng = np.random.default_rng(seed)
         lo, hi = self.tau_range(entry)
         tau = int(rng.integers(lo, hi + 1))
-        if not self.from_levels:
-            array = random_crop(self.raw(store, entry, tau), self.crop, rng)
-            if self.flip and rng.random() < 0.5:
-                array = flip_horizontal(array, True)
-            return self.normalise(array)
-        source = self.plan(store, entry, tau) if self.decode == "device" else self.levels(store, entry, tau)
+        builder = self.builder
+        source = builder.load(store, entry, tau)
         h, w = source.shape
         top, left = int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
         flip = self.flip and rng.random() < 0.5
         shift = None
         if self.stream == "spatial" and self.rgb_jitter > 0:
             shift = jitter_shift(self.rgb_jitter, rng)
-        if self.decode == "device":
-            return self._planned(source, [(top, left, flip)], shift, packed)
-        out = source.crop(top, left, self.crop, self.crop, flip, *self.normalisation(shift))
-        return out if packed else out.expand()
+        return builder.cut(source, [(top, left, flip)], shift, packed, single=True)
 
-    def test_crops(self, store: FlowStore, entry: VideoEntry, tau: int,
-                   packed: bool = False) -> torch.Tensor | PackedInput | EncodedInput:
+    def test_crops(self, store: FlowStore, entry: VideoEntry, tau: int, packed: bool = False) -> Built:
         """The test protocol's 10 inputs of frame τ: the four corners and the centre, then the same five
         mirrored; 10×C×crop×crop (``packed``: as 8-bit levels where the input allows)."""
-        if not self.from_levels:
-            return torch.stack([self.normalise(c) for c in ten_crops(self.raw(store, entry, tau), self.crop, True)])
-        if self.decode == "device":
-            plan = self.plan(store, entry, tau)
-            crops = [(top, left, flip) for flip in (False, True) for top, left in crop_positions(plan.shape, self.crop)]
-            return self._planned(plan, crops, None, packed)
-        levels, (scale, offset) = self.levels(store, entry, tau), self.normalisation()
-        crops = [levels.crop(top, left, self.crop, self.crop, flip, scale, offset)
-                 for flip in (False, True) for top, left in crop_positions(levels.shape, self.crop)]
-        out = PackedInput(*(torch.stack(parts) for parts in zip(*crops, strict=True)))
-        return out if packed else out.expand()
+        builder = self.builder
+        source = builder.load(store, entry, tau)
+        crops = [(top, left, flip) for flip in (False, True) for top, left in crop_positions(source.shape, self.crop)]
+        return builder.cut(source, crops, None, packed, single=False)
 
-    def centre_input(self, store: FlowStore, entry: VideoEntry, packed: bool = False
-                     ) -> torch.Tensor | EncodedInput:
+    def centre_input(self, store: FlowStore, entry: VideoEntry, packed: bool = False) -> Built:
+        """The centre crop of the middle τ (validation)."""
         lo, hi = self.tau_range(entry)
-        tau = (lo + hi) // 2
-        if not self.from_levels:
-            return self.normalise(centre_crop(self.raw(store, entry, tau), self.crop))
-        if self.decode == "device":
-            plan = self.plan(store, entry, tau)
-            top, left = crop_positions(plan.shape, self.crop)[4]
-            return self._planned(plan, [(top, left, False)], None, packed)
-        levels = self.levels(store, entry, tau)
-        top, left = crop_positions(levels.shape, self.crop)[4]
-        return levels.crop(top, left, self.crop, self.crop, False, *self.normalisation()).expand()
+        builder = self.builder
+        source = builder.load(store, entry, (lo + hi) // 2)
+        top, left = crop_positions(source.shape, self.crop)[4]
+        return builder.cut(source, [(top, left, False)], None, packed, single=True)
+
+
+def as_input(batch: torch.Tensor | PackedInput | EncodedBatch, device: torch.device) -> torch.Tensor:
+    """A loader batch as float32 N×C×H×W on ``device`` (packed levels are moved first, then expanded;
+    encoded ones decoded there)."""
+    if isinstance(batch, EncodedBatch):
+        return decode_inputs(batch, device)
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    return PackedInput(*(t.to(device, non_blocking=True) for t in batch)).expand()
+
+
+def to_device(batch: torch.Tensor | PackedInput | EncodedBatch, device: torch.device) -> torch.Tensor:
+    """A loader batch as the network's input on ``device``: :func:`as_input`, in channels_last memory
+    format on CUDA (the format the net is kept in there)."""
+    x = as_input(batch, device)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x

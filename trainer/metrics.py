@@ -6,6 +6,8 @@ import csv
 import os
 from pathlib import Path
 
+from flowprep.storage.atomic import atomic_write
+
 FIELDS = ("iteration", "kind", "dataset", "lr", "loss", "accuracy", "samples_per_s", "seconds")
 
 
@@ -30,12 +32,10 @@ def drop_rows_after(path: str | os.PathLike, iteration: int) -> int:
     keep = [r for r in rows if not r.get("iteration", "").isdigit() or int(r["iteration"]) <= iteration]
     if len(keep) == len(rows):
         return 0
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path, "w", newline="") as f:
         writer = csv.DictWriter(f, FIELDS)
         writer.writeheader()
         writer.writerows({k: r.get(k, "") for k in FIELDS} for r in keep)
-    os.replace(tmp, path)
     return len(rows) - len(keep)
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from flowprep.errors import UserError
+
 
 def _channels(n: int, width: float) -> int:
     return max(8, int(round(n * width)))
@@ -173,5 +175,5 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-class WeightsError(Exception):
+class WeightsError(UserError):
     """A weights file that cannot be loaded into the model."""

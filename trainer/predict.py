@@ -17,11 +17,14 @@ import cv2
 import numpy as np
 import torch
 
-from flowprep.codec import decode_rgb, encode_flow, encode_rgb
-from flowprep.flow import FlowError, FlowMethod, create_flow, has_opencv_cuda_brox, torch_cuda_devices
+from flowprep.algorithms.method import FlowError, FlowMethod
+from flowprep.algorithms.registry import IMPLEMENTATIONS, create_flow, device_here
+from flowprep.storage.codec import decode_rgb, encode_flow, encode_rgb
 from flowprep.video import read_frames
-from trainer.evaluate import EvaluationError, LoadedNet, load_checkpoint, protocol_inputs
-from trainer.inputs import VideoEntry
+from trainer.checkpoint import StoreFlow
+from trainer.evaluate import LoadedNet, load_checkpoint, protocol_inputs
+from trainer.scores import EvaluationError
+from trainer.volumes import VideoEntry
 
 
 class ClipStore:
@@ -67,22 +70,18 @@ def recorded_flow_method(flow: dict, allow_other: bool = False) -> tuple[FlowMet
     here, said in the description."""
     algo, implementation = flow["algo"], flow["implementation"]
     params = {k: v for k, v in flow.get("params", {}).items() if k != "device"}
-    devices = {"cpu-pyramid-variational-refinement": "cpu", "opencv-dual-tvl1": "auto", "opencv-farneback": "auto",
-               "opencv-dis": "auto", "torch-brox": "cuda" if torch_cuda_devices() else "torch-cpu",
-               "opencv-cuda-brox": "cuda" if has_opencv_cuda_brox() else None}
-    device = devices.get(implementation)
+    spec = IMPLEMENTATIONS.get(implementation)
+    device = device_here(spec) if spec is not None and spec.algo == algo else None
     if device is not None:
         try:
-            method = create_flow(algo, params, device=device)
+            method = spec.create(params, device)
         except (FlowError, ValueError) as exc:
             why = str(exc)
         else:
-            if method.implementation == implementation:
-                where = f" on {method.params['device']}" if "device" in method.params else ""
-                return method, f"{algo} ({implementation}{where}, the training data's parameters)"
-            why = f"{method.implementation} would run instead"
+            where = f" on {method.params['device']}" if "device" in method.params else ""
+            return method, f"{algo} ({implementation}{where}, the training data's parameters)"
     else:
-        why = ("this OpenCV has no CUDA" if implementation == "opencv-cuda-brox"
+        why = (f"{spec.description or implementation} does not run on this machine" if spec is not None
                else "another tool computed it; flowprep imported its files" if implementation.startswith("imported")
                else "this version of flowprep does not know it")
     fallback = create_flow(algo)
@@ -95,7 +94,7 @@ def recorded_flow_method(flow: dict, allow_other: bool = False) -> tuple[FlowMet
 
 
 def _head(net: LoadedNet, head: str | None) -> str:
-    heads = list(net.state["classes"])
+    heads = list(net.checkpoint.classes)
     if head is None:
         return heads[0]
     if head not in heads:
@@ -119,20 +118,20 @@ def predict(video: str | os.PathLike, spatial: str | None, temporal: str | None,
         if net.stream != name:
             raise EvaluationError(f"--{name} {spatial if name == 'spatial' else temporal} is a {net.stream} net")
     heads = {name: _head(net, head) for name, net in nets.items()}
-    class_lists = {name: net.state["classes"][heads[name]] for name, net in nets.items()}
+    class_lists = {name: net.checkpoint.classes[heads[name]] for name, net in nets.items()}
     if len({tuple(c) for c in class_lists.values()}) > 1:
         raise EvaluationError("the spatial and temporal checkpoints classify different class lists")
     reference = "temporal" if "temporal" in nets else "spatial"  # its store says how frames were made
-    store_meta = nets[reference].state["flow"][heads[reference]]
-    frames = read_frames(video, int(store_meta.get("short_side", 256)))[1]
+    made = nets[reference].checkpoint.flow.get(heads[reference], StoreFlow())
+    frames = read_frames(video, int(made.short_side or 256))[1]
     if len(frames) < 2:
         raise EvaluationError(f"{video}: only one frame decodes")
-    flow = store_meta["flow"]
+    flow = made.flow
     method, description = None, "-"
     if "temporal" in nets:
         method, description = recorded_flow_method(flow, allow_other_flow)
-    store = ClipStore(frames, method, store_meta["bound"], int(store_meta.get("quality") or 90),
-                      int(store_meta.get("rgb_quality") or 90))  # None: imported files, quality unknown
+    store = ClipStore(frames, method, made.bound, int(made.quality or 90),
+                      int(made.rgb_quality or 90))  # None: imported files, quality unknown
     bidirectional = "temporal" in nets and nets["temporal"].cfg.data.bidirectional
     entry = VideoEntry(str(video), -1, len(frames), len(frames) - 1, len(frames) - 1 if bidirectional else 0)
     per_stream = {name: _scores(net, store, entry, heads[name]) for name, net in nets.items()}

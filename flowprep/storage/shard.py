@@ -15,17 +15,23 @@ from pathlib import Path
 
 import lmdb
 
+from flowprep.errors import UserError
+
 SHARD_GLOB = "shard-*.lmdb"
 _MAX_DBS = 4
 _INITIAL_MAP = 256 << 20
 
 
-class StoreError(Exception):
+class StoreError(UserError):
     """A store folder that cannot be used; the message names the path and the problem."""
 
 
 class CorruptRecordError(StoreError):
     """A stored record whose checksum does not match or that does not decode; names video and record."""
+
+
+class MissingRecordError(StoreError, IndexError):
+    """A record asked for that the store does not hold (an index past the video's count)."""
 
 
 class EmptyShardError(StoreError):

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import click
 
-from flowprep.cli_common import echo_run_report, fail, human_bytes, parse_size, rate_text, videos_bar
+from flowprep.algorithms.registry import ALGORITHMS
+from flowprep.cli.common import exit_for, fail, human_bytes, parse_size, run_with_bar
+from flowprep.errors import UserError
 from flowprep.exporter import ExportReport, run_export
-from flowprep.extract import ExtractReport
-from flowprep.flow import ALGORITHMS
 from flowprep.importer import run_import
-from flowprep.layouts import LAYOUTS, LayoutError, detect_layout, find_video_folders
-from flowprep.settings import ImportSettings
-from flowprep.store import StoreError
+from flowprep.layouts import LAYOUTS, detect_layout, find_video_folders
+from flowprep.storage.settings import ImportSettings
 
 STREAMS = {"auto": None, "both": ("rgb", "flow"), "rgb": ("rgb",), "flow": ("flow",)}
 
@@ -67,31 +66,14 @@ def import_command(source: Path, out: Path, layout: str, rgb_tree: Path | None, 
         chosen = LAYOUTS[layout] if layout != "auto" else detect_layout(source, rgb_tree)
         found, videos = find_video_folders(source, chosen, rgb_tree, STREAMS[streams])
         settings = ImportSettings(chosen.name, bound, zero_level, flow_algo, found)
-    except (LayoutError, ValueError) as exc:
-        fail(str(exc))
-    with ExitStack() as stack:
-        bar = None
-
-        def on_start(todo: int, skipped: int) -> None:
-            nonlocal bar
-            click.echo(f"{todo} videos to import ({skipped} already in {out}), {chosen.name} layout, "
-                       f"{' + '.join(settings.streams)}, {workers} reader(s)", err=True)
-            bar = videos_bar(stack, todo)
-
-        def on_progress(done: int, report: ExtractReport) -> None:
-            bar.update(1, f"{rate_text(report, 'fields', 0)}, {len(report.failures)} failed")
-
-        try:
-            report = run_import(source, out, chosen, settings, rgb_tree, workers, parse_size(shard_size),
-                                on_start, on_progress, videos, trim_rgb)
-        except (LayoutError, StoreError, ValueError) as exc:
-            fail(str(exc))
-    echo_run_report(report, "fields", 0)
-    if report.interrupted:
-        click.echo("interrupted: run the same command again to resume", err=True)
-        sys.exit(130)
-    if report.failures:
-        sys.exit(1)
+    except UserError as exc:
+        fail(exc)
+    report = run_with_bar(
+        lambda on_start, on_progress: run_import(source, out, chosen, settings, rgb_tree, workers,
+                                                 parse_size(shard_size), on_start, on_progress, videos, trim_rgb),
+        lambda todo, skipped: (f"{todo} videos to import ({skipped} already in {out}), {chosen.name} layout, "
+                               f"{' + '.join(settings.streams)}, {workers} reader(s)"), "fields", 0)
+    exit_for(report)
 
 
 @click.command(name="export")
@@ -129,8 +111,8 @@ def export_command(store: Path, out: Path, layout: str, bound: float | None, zer
         try:
             report = run_export(store, out, LAYOUTS[layout], bound, zero_level, quality, list(videos) or None,
                                 on_start, on_progress)
-        except (StoreError, ValueError) as exc:
-            fail(str(exc))
+        except UserError as exc:
+            fail(exc)
     again = (f"; {report.reencoded} flow fields mapped onto the target's levels and encoded again (quality "
              f"{quality})" if report.reencoded else "")
     click.echo(f"exported {report.exported} videos ({report.files} files, {human_bytes(report.bytes)}) in "

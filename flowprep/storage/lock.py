@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from flowprep.errors import UserError
+
 LOCK_FILE = ".lock"
 _HELD: set[int] = set()  # descriptors of the locks this process holds
 
@@ -30,7 +32,7 @@ def _close_in_child() -> None:
 os.register_at_fork(after_in_child=_close_in_child)
 
 
-class FolderBusyError(Exception):
+class FolderBusyError(UserError):
     """Another live process holds the folder's lock; the message names the folder and that process."""
 
 

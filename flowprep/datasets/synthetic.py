@@ -32,7 +32,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flowprep.pairs import texture
+from flowprep.algorithms.pairs import texture
+from flowprep.errors import SettingError
 
 MOTIONS = ("MoveUp", "MoveDown", "MoveSideways", "Oscillate", "Rotate", "Still", "Expand", "Contract")
 APPEARANCES = {  # class → (shape, hue in OpenCV's 0-179)
@@ -63,17 +64,19 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.motion_classes <= len(MOTIONS):
-            raise ValueError(f"motion_classes must be 0..{len(MOTIONS)}, got {self.motion_classes}")
+            raise SettingError("motion_classes", f"must be 0..{len(MOTIONS)}", self.motion_classes)
         if not 0 <= self.appearance_classes <= len(APPEARANCES):
-            raise ValueError(f"appearance_classes must be 0..{len(APPEARANCES)}, got {self.appearance_classes}")
+            raise SettingError("appearance_classes", f"must be 0..{len(APPEARANCES)}", self.appearance_classes)
         if self.motion_classes + self.appearance_classes < 2:
-            raise ValueError("the dataset needs at least 2 classes")
+            raise SettingError("motion_classes", "+ appearance_classes must be >= 2 (classes of the dataset)",
+                               self.motion_classes + self.appearance_classes)
         if self.clips_per_class < 2 * self.clips_per_group:
-            raise ValueError("clips_per_class must cover at least two groups (one for test, one for training)")
+            raise SettingError("clips_per_class", "must cover at least two groups (one for test, one for training)",
+                               self.clips_per_class)
         if self.frames < 2:
-            raise ValueError(f"frames must be >= 2, got {self.frames}")
+            raise SettingError("frames", "must be >= 2", self.frames)
         if min(self.width, self.height) < 48:
-            raise ValueError(f"width and height must be >= 48 pixels, got {self.width}x{self.height}")
+            raise SettingError("width", "and height must be >= 48 pixels", f"{self.width}x{self.height}")
 
     def classes(self) -> dict[str, str]:
         """Class name → "motion" or "appearance", in label order."""

@@ -12,22 +12,15 @@ GPU time as one.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-BROX_TORCH_DEFAULTS = {
-    "alpha": 4.0,  # smoothness weight
-    "gamma": 3.0,  # gradient constancy weight
-    "delta": 1.0,  # brightness constancy weight
-    "scale": 0.8,  # pyramid scale factor
-    "min_side": 16,  # pixels: smaller side of the coarsest level
-    "sigma": 0.6,  # pixels: Gaussian pre-smoothing
-    "outer_iterations": 5,
-    "inner_iterations": 25,
-    "omega": 1.6,  # SOR relaxation
-    "epsilon": 0.001,  # of the robust penaliser
-    "zeta": 0.01,  # added to the gradient magnitudes that normalise the data terms
-}
+from flowprep.algorithms.method import FlowMethod
+from flowprep.algorithms.registry import get_implementation
+
+# the registry holds every implementation's defaults (flowprep.algorithms.registry, "torch-brox")
+BROX_TORCH_DEFAULTS = get_implementation("torch-brox").defaults
 
 _DERIVATIVE = torch.tensor([1.0, -8.0, 0.0, 8.0, -1.0]) / 12.0
 
@@ -166,3 +159,24 @@ def brox_flow(first: torch.Tensor, second: torch.Tensor, params: dict | None = N
             u, v = _resize_flow(u, v, h, w)
         u, v = _refine(level_a, level_b, u, v, p)
     return torch.cat([u, v], 1).permute(0, 2, 3, 1).contiguous()
+
+
+def create_brox_torch(p: dict, device: str = "cpu", max_batch: int = 32) -> FlowMethod:
+    """The registry's factory of ``torch-brox``: :func:`brox_flow` on ``device`` ("cpu", "cuda:0", ...).
+
+    ``max_batch`` caps the pairs per call; on CUDA it is also capped by the free memory (about
+    70 float32 H×W planes per pair)."""
+    dev = torch.device(device)
+
+    def compute_batch(firsts: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+        if dev.type == "cuda":  # later batches fit what is free now
+            free, _ = torch.cuda.mem_get_info(dev)
+            method.max_batch = max(1, min(method.max_batch, int(free * 0.8) // (70 * 4 * firsts[0].size)))
+        a = torch.from_numpy(firsts).to(dev)
+        b = torch.from_numpy(seconds).to(dev)
+        return brox_flow(a, b, p).cpu().numpy()
+
+    method = FlowMethod("brox", "torch-brox", {**p, "device": str(dev)},
+                        lambda a, b: compute_batch(a[None], b[None])[0], compute_batch=compute_batch,
+                        max_batch=max_batch)
+    return method

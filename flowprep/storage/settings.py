@@ -12,9 +12,13 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from flowprep.codec import parse_bound
-from flowprep.flow import ALGORITHMS, implementation_defaults
-from flowprep.store import SETTINGS_FILE, StoreError, read_json, write_json_atomic
+from flowprep.algorithms.registry import check_algo, implementation_defaults
+from flowprep.errors import SettingError
+from flowprep.storage.atomic import write_json_atomic
+from flowprep.storage.codec import parse_bound
+from flowprep.storage.meta import VideoMeta
+from flowprep.storage.shard import StoreError
+from flowprep.storage.store import SETTINGS_FILE, read_json
 
 
 @dataclass(frozen=True)
@@ -36,14 +40,13 @@ class ExtractSettings:
     flow_params: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.algo not in ALGORITHMS:
-            raise ValueError(f"--algo must be one of {', '.join(ALGORITHMS)}, got {self.algo!r}")
-        object.__setattr__(self, "bound", parse_bound(self.bound))
+        check_algo(self.algo)
+        object.__setattr__(self, "bound", _bound("bound", self.bound))
         for name in ("quality", "rgb_quality"):
             if not 1 <= int(getattr(self, name)) <= 100:
-                raise ValueError(f"{name} must be in 1..100, got {getattr(self, name)}")
+                raise SettingError(name, "must be in 1..100", getattr(self, name))
         if self.short_side < 0:
-            raise ValueError(f"short_side must be >= 0 pixels, got {self.short_side}")
+            raise SettingError("short_side", "must be >= 0 pixels", self.short_side)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,35 +66,43 @@ class ImportSettings:
     streams: tuple[str, ...] = ("rgb", "flow")
 
     def __post_init__(self) -> None:
-        bound = parse_bound(self.bound)
+        bound = _bound("bound", self.bound)
         if bound == "adaptive":
-            raise ValueError("--bound of imported flow must be a number of pixels")
+            raise SettingError("bound", "of imported flow must be a number of pixels", bound)
         object.__setattr__(self, "bound", bound)
         if not 0 <= self.zero_level <= 255:
-            raise ValueError(f"--zero-level must be a grey level in 0..255, got {self.zero_level}")
-        if self.flow_algo not in ALGORITHMS:
-            raise ValueError(f"--flow-algo must be one of {', '.join(ALGORITHMS)}, got {self.flow_algo!r}")
+            raise SettingError("zero_level", "must be a grey level in 0..255", self.zero_level)
+        check_algo(self.flow_algo, "flow_algo")
         object.__setattr__(self, "streams", tuple(self.streams))
 
     def to_dict(self) -> dict:
         return {"imported": {**asdict(self), "streams": list(self.streams)}}
 
 
-def video_settings(meta: dict) -> dict:
+def _bound(setting: str, value: object) -> float | str:
+    try:
+        return parse_bound(value)
+    except ValueError as exc:
+        raise SettingError(setting, str(exc).removeprefix("bound ")) from None
+
+
+def video_settings(meta: VideoMeta) -> dict:
     """The settings (as :meth:`ExtractSettings.to_dict` or :meth:`ImportSettings.to_dict`) one stored
     video was made with, from its metadata: ``flow_params`` are the parameters that differ from its
     implementation's defaults."""
-    if "imported" in meta:
-        return {"imported": meta["imported"]}
-    flow = meta["flow"]
+    if meta.is_imported:
+        return {"imported": meta.imported}
+    flow = meta.flow
+    if flow is None:
+        raise ValueError("no 'flow'")
     try:
-        defaults = implementation_defaults(flow["implementation"])
+        defaults = implementation_defaults(flow.implementation)
     except ValueError:
         defaults = {}
-    params = {k: v for k, v in flow["params"].items() if k != "device" and defaults.get(k, object()) != v}
-    return {"algo": flow["algo"], "bound": parse_bound(meta["bound"]), "quality": meta["quality"],
-            "rgb_quality": meta["rgb_quality"], "short_side": meta["short_side"],
-            "bidirectional": meta["num_backward"] > 0, "flow_params": params}
+    params = {k: v for k, v in flow.params.items() if k != "device" and defaults.get(k, object()) != v}
+    return {"algo": flow.algo, "bound": parse_bound(meta.bound), "quality": meta.quality,
+            "rgb_quality": meta.rgb_quality, "short_side": meta.short_side,
+            "bidirectional": meta.num_backward > 0, "flow_params": params}
 
 
 def _differences(have: dict, want: dict) -> list[str]:
@@ -108,15 +119,15 @@ def _differences(have: dict, want: dict) -> list[str]:
     return out
 
 
-def video_mismatches(meta: dict, settings: dict) -> list[str]:
+def video_mismatches(meta: VideoMeta, settings: dict) -> list[str]:
     """How one video's metadata disagrees with the store's settings (empty: it agrees)."""
-    if "imported" in meta or "imported" in settings:
+    if meta.is_imported or "imported" in settings:
         return _import_differences(video_settings(meta), settings)
     try:
         mine = video_settings(meta)
         store = {**ExtractSettings().to_dict(), **settings}
         out = _differences({**mine, "flow_params": {}}, {**store, "flow_params": {}})
-        used = {k: v for k, v in meta["flow"]["params"].items() if k != "device"}
+        used = {k: v for k, v in meta.flow.params.items() if k != "device"}
         for key in sorted(set(store["flow_params"]) | set(mine["flow_params"])):
             if key not in store["flow_params"]:
                 out.append(f"--param {key}={used[key]!r} (default)")
@@ -136,23 +147,24 @@ def _import_differences(have: dict, want: dict) -> list[str]:
     return [f"{key}={a.get(key)!r} ({b.get(key)!r})" for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
 
 
-def rebuild_settings(metas: Iterable[dict], where: Path) -> dict | None:
+def rebuild_settings(metas: Iterable[VideoMeta], where: Path) -> dict | None:
     """The store's settings from its videos' metadata (None: no video); StoreError if they disagree."""
     first_video, first = None, None
     for meta in metas:
         mine = video_settings(meta)
         if first is None:
-            first_video, first = meta["video"], mine
+            first_video, first = meta.video, mine
         elif mine != first:
             diff = (_import_differences(mine, first) if "imported" in mine or "imported" in first
                     else _differences(mine, first))
             raise StoreError(f"{where}: {SETTINGS_FILE} is missing and the stored videos disagree: "
-                             f"{meta['video']} has {', '.join(diff)} "
+                             f"{meta.video} has {', '.join(diff)} "
                              f"(values in parentheses: {first_video}); extract into a new folder")
     return first
 
 
-def check_settings(out: Path, settings: ExtractSettings | ImportSettings, metas: Iterable[dict]) -> str | None:
+def check_settings(out: Path, settings: ExtractSettings | ImportSettings, metas: Iterable[VideoMeta]
+                   ) -> str | None:
     """Refuse to mix settings in one store. Call with the store's lock held. Writes the settings on the
     first run; where the file is missing from a store that has videos, rebuilds it from ``metas`` (the
     stored videos' metadata) first. Returns a note to show the user, or None."""

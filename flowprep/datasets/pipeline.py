@@ -8,22 +8,26 @@ the ``pipelines/`` folder.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
-from flowprep.extract import ExtractSettings
-from flowprep.splits import SPLIT_FORMATS
+from flowprep.datasets.splits import SPLIT_FORMATS
+from flowprep.errors import UserError
+from flowprep.storage.settings import ExtractSettings
 
 DATA_ENV = "TWOSTREAM_DATA"
+logger = logging.getLogger("flowprep")
 
 
-class PipelineError(Exception):
+class PipelineError(UserError):
     """A pipeline file that is invalid, or a dataset that is not where the pipeline expects it."""
 
 
@@ -168,14 +172,15 @@ def _content_root(folder: Path) -> Path:
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
 
 
-def prepare(pipeline: Pipeline, log=print) -> None:
+def prepare(pipeline: Pipeline, log: Callable[[str], None] | None = None) -> None:
     """Make the dataset of ``pipeline`` present: generate it (built-in) or unpack its archives from
     the data root. Raises PipelineError naming what to download and where to put it."""
+    log = log or logger.info
     if pipeline.videos.is_dir() and pipeline.splits.is_dir():
         log(f"{pipeline.name}: already present ({pipeline.videos})")
         return
     if pipeline.generator == "synthetic":
-        from flowprep.synthetic import write_dataset
+        from flowprep.datasets.synthetic import write_dataset
 
         root = pipeline.videos.parent
         log(f"{pipeline.name}: writing the built-in dataset to {root}")

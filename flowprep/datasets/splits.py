@@ -19,10 +19,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flowprep.errors import UserError
+
 SPLIT_FORMATS = ("ucf101", "hmdb51")
 
 
-class SplitError(Exception):
+class SplitError(UserError):
     """A split file that is missing or malformed; the message names the file and line."""
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from flowprep.shard import split_key
+from flowprep.storage.shard import split_key
 
 
 def record_checksums(records: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -30,9 +30,9 @@ def record_checksums(records: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
     return out
 
 
-def parse_checksums(meta: dict) -> dict[str, np.ndarray] | None:
-    """Per kind, the uint32 checksums of a video's records; None for a video stored without them."""
-    table = meta.get("crc32")
+def parse_checksums(table: dict[str, str] | None) -> dict[str, np.ndarray] | None:
+    """Per kind, the uint32 checksums of a video's records from its metadata's ``crc32`` table; None for
+    a video stored without them."""
     if table is None:
         return None
     return {kind: np.frombuffer(bytes.fromhex(text), ">u4").astype(np.uint32) for kind, text in table.items()}

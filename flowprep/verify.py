@@ -6,11 +6,12 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flowprep.checksum import checksum_problem, parse_checksums
-from flowprep.codec import RecordError, decode_flow_components, decode_rgb
-from flowprep.settings import video_mismatches
-from flowprep.shard import split_key
-from flowprep.store import KINDS, SETTINGS_FILE, FlowStore, StoreError, video_streams
+from flowprep.storage.checksum import checksum_problem, parse_checksums
+from flowprep.storage.codec import RecordError, decode_flow_components, decode_rgb
+from flowprep.storage.meta import VideoMeta
+from flowprep.storage.settings import video_mismatches
+from flowprep.storage.shard import StoreError, split_key
+from flowprep.storage.store import KINDS, SETTINGS_FILE, FlowStore
 
 
 @dataclass
@@ -34,7 +35,7 @@ class StoreSummary:
         return self.float32_flow_bytes / self.flow_bytes if self.flow_bytes else 0.0
 
 
-def _readable_metas(store: FlowStore, problems: list[str]) -> list[dict]:
+def _readable_metas(store: FlowStore, problems: list[str]) -> list[VideoMeta]:
     """Every video's metadata that can be read; what cannot goes into ``problems`` (shard and video)."""
     metas = []
     store.videos()
@@ -58,21 +59,21 @@ def summarize(store: FlowStore) -> StoreSummary:
     s = StoreSummary(shards=len(store.shards), failures=store.failures())
     s.disk_bytes = sum(f.stat().st_size for shard in store.shards for f in shard.iterdir() if f.is_file())
     for meta in _readable_metas(store, s.problems):
-        fields = meta["num_flows"] + meta["num_backward"]
+        fields = meta.num_flows + meta.num_backward
         s.videos += 1
-        s.frames += meta["num_frames"]
-        s.flow_fields += meta["num_flows"]
-        s.backward_fields += meta["num_backward"]
-        s.rgb_bytes += meta["rgb_bytes"]
-        s.flow_bytes += meta["flow_bytes"]
-        s.float32_flow_bytes += fields * meta["height"] * meta["width"] * 2 * 4
-        flow = meta["flow"]
-        s.algorithms[f"{flow['algo']} ({flow['implementation']})"] += 1
+        s.frames += meta.num_frames
+        s.flow_fields += meta.num_flows
+        s.backward_fields += meta.num_backward
+        s.rgb_bytes += meta.rgb_bytes
+        s.flow_bytes += meta.flow_bytes
+        s.float32_flow_bytes += fields * meta.height * meta.width * 2 * 4
+        flow = meta.flow
+        s.algorithms[f"{flow.algo} ({flow.implementation})" if flow else "unknown"] += 1
     return s
 
 
-def _expected_counts(meta: dict) -> dict[str, int]:
-    return {"rgb": meta["num_frames"], "flow": meta["num_flows"], "back": meta["num_backward"]}
+def _expected_counts(meta: VideoMeta) -> dict[str, int]:
+    return {"rgb": meta.num_frames, "flow": meta.num_flows, "back": meta.num_backward}
 
 
 @dataclass
@@ -95,7 +96,7 @@ def verify(store: FlowStore, decode: bool = True, on_record: Callable[[int], Non
     problems = result.problems
     metas = _readable_metas(store, problems)
     _check_settings(store, metas, result)
-    unchecked = sorted(m["video"] for m in metas if "crc32" not in m)
+    unchecked = sorted(m.video for m in metas if m.crc32 is None)
     if unchecked:
         result.notes.append(f"{len(unchecked)} of {len(metas)} videos have no checksums (stored before "
                             f"flowprep kept them, e.g. {unchecked[0]}): damage to their bytes cannot be detected")
@@ -103,8 +104,8 @@ def verify(store: FlowStore, decode: bool = True, on_record: Callable[[int], Non
         shard = store.shards[shard_index]
         seen: dict[str, dict[str, list[int]]] = defaultdict(lambda: {k: [] for k in KINDS})
         shard_videos = set(store.videos_of_shard(shard_index))
-        shard_metas = {m["video"]: m for m in metas if m.get("video") in shard_videos}
-        checksums = {v: parse_checksums(m) for v, m in shard_metas.items()}
+        shard_metas = {m.video: m for m in metas if m.video in shard_videos}
+        checksums = {v: parse_checksums(m.crc32) for v, m in shard_metas.items()}
         last_key = None
         try:
             for key, value in store.iter_records(shard_index):
@@ -124,7 +125,7 @@ def verify(store: FlowStore, decode: bool = True, on_record: Callable[[int], Non
     return result
 
 
-def _check_settings(store: FlowStore, metas: list[dict], result: Verification) -> None:
+def _check_settings(store: FlowStore, metas: list[VideoMeta], result: Verification) -> None:
     try:
         settings = store.settings()
     except StoreError as exc:
@@ -139,7 +140,7 @@ def _check_settings(store: FlowStore, metas: list[dict], result: Verification) -
     for meta in metas:
         mismatches = video_mismatches(meta, settings)
         if mismatches:
-            result.problems.append(f"{meta.get('video')}: made with {', '.join(mismatches)} "
+            result.problems.append(f"{meta.video}: made with {', '.join(mismatches)} "
                                    f"(values in parentheses: {SETTINGS_FILE})")
 
 
@@ -166,16 +167,16 @@ def _check_record(key: bytes, value: memoryview, shard, metas: dict, checksums: 
         except RecordError as exc:
             problems.append(f"{video}: {kind} record {t} does not decode: {exc}")
             return
-        if shape != (meta["height"], meta["width"]):
+        if shape != (meta.height, meta.width):
             problems.append(f"{video}: {kind} record {t} is {shape[1]}x{shape[0]}, "
-                            f"metadata says {meta['width']}x{meta['height']}")
+                            f"metadata says {meta.width}x{meta.height}")
 
 
-def _count_problems(video: str, meta: dict, seen: dict[str, list[int]]) -> list[str]:
+def _count_problems(video: str, meta: VideoMeta, seen: dict[str, list[int]]) -> list[str]:
     problems = []
-    if video_streams(meta) == ["rgb", "flow"] and meta["num_flows"] != meta["num_frames"] - 1:
-        problems.append(f"{video}: metadata says {meta['num_frames']} frames but "
-                        f"{meta['num_flows']} flow fields (expected {meta['num_frames'] - 1})")
+    if meta.has("rgb") and meta.has("flow") and meta.num_flows != meta.num_frames - 1:
+        problems.append(f"{video}: metadata says {meta.num_frames} frames but "
+                        f"{meta.num_flows} flow fields (expected {meta.num_frames - 1})")
     for kind, expected in _expected_counts(meta).items():
         have = sorted(seen[kind])
         if have != list(range(expected)):

@@ -5,28 +5,24 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 
 import click
 import cv2
 from click.core import ParameterSource
 
-from flowprep.check import summarize, verify
-from flowprep.cli_common import bound_value, echo_run_report, fail, human_bytes, parse_size, rate_text, videos_bar
-from flowprep.extract import Compute, ExtractReport, ExtractSettings, SourceError, run_extract
-from flowprep.flow import (
-    ALGORITHMS,
-    DEVICES,
-    FlowError,
-    has_opencv_cuda_brox,
-    opencv_cuda_devices,
-    torch_cuda_devices,
-)
-from flowprep.pipeline import DATA_ENV, Pipeline, PipelineError, is_pipeline_file, load_pipeline, prepare
-from flowprep.splits import SplitError, match_videos, read_split
-from flowprep.store import FlowStore, StoreError
-from flowprep.synthetic import SynthConfig, write_dataset
+from flowprep.algorithms.registry import ALGORITHMS, DEVICES, check_gpus
+from flowprep.cli.common import bound_value, exit_for, fail, human_bytes, parse_size, run_with_bar
+from flowprep.datasets.pipeline import DATA_ENV, Pipeline, is_pipeline_file, load_pipeline, prepare
+from flowprep.datasets.splits import SplitError, match_videos, read_split
+from flowprep.datasets.synthetic import SynthConfig, write_dataset
+from flowprep.errors import UserError
+from flowprep.extract import Compute, run_extract
+from flowprep.logs import log_to_stderr
+from flowprep.storage.settings import ExtractSettings
+from flowprep.storage.shard import StoreError
+from flowprep.storage.store import FlowStore
+from flowprep.verify import summarize, verify
 from flowprep.visualize import figure
 
 DATA_ROOT_OPTION = click.option(
@@ -67,13 +63,14 @@ def main() -> None:
     flowprep import frames/ out/        frames and flow extracted by another tool, as they are
     flowprep export out/ files/ --layout mmaction   a store back as another tool's files
     """
+    log_to_stderr("flowprep")
 
 
 def _load_pipeline(path: Path, data_root: Path | None) -> Pipeline:
     try:
         return load_pipeline(path, data_root)
-    except PipelineError as exc:
-        fail(str(exc))
+    except UserError as exc:
+        fail(exc)
 
 
 def _split_reports(pipeline: Pipeline, available: list[str], where: str) -> tuple[list[str], bool]:
@@ -144,60 +141,42 @@ def extract(source: Path, out: Path | None, data_root: Path | None, algo: str, b
         ("algo", algo), ("bound", bound), ("quality", quality), ("rgb_quality", rgb_quality),
         ("short_side", short_side), ("bidirectional", bidirectional), ("flow_params", flow_params),
     ] if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
-    pipeline = None
-    try:
-        if is_pipeline_file(source):
-            pipeline = _load_pipeline(source, data_root)
-            pipeline.check_present()
-            source, out = pipeline.videos, out or pipeline.out
-            settings = dataclasses.replace(pipeline.flow, **given)
-        else:
-            if out is None:
-                fail("OUT is required unless SOURCE is a pipeline file")
-            settings = ExtractSettings(**given)
-    except (ValueError, PipelineError) as exc:
-        fail(str(exc))
+    pipeline, source, out, settings = _extract_settings(source, out, data_root, given)
     algo = settings.algo
-    if gpus:
-        if algo != "brox":
-            fail(f"--gpus runs brox only; {algo} runs on the CPU (drop --gpus)")
-        available = opencv_cuda_devices() if has_opencv_cuda_brox() else torch_cuda_devices()
-        if available == 0:
-            fail("--gpus needs a GPU that OpenCV (built with CUDA; no PyPI wheel is) or torch can use, and "
-                  "none is visible here; drop --gpus to run brox on the CPU")
-        if available < gpus:
-            fail(f"--gpus {gpus}: only {available} GPU(s) visible")
+    try:
+        check_gpus(algo, gpus)
+    except UserError as exc:
+        fail(exc)
 
-    with ExitStack() as stack:
-        bar = None
-
-        def on_start(todo: int, skipped: int) -> None:
-            nonlocal bar
-            where = f"Dask cluster {scheduler}" if scheduler else f"{gpus or workers} worker(s)"
-            click.echo(f"{todo} videos to extract ({skipped} already in {out}), {where}, algo {algo}", err=True)
-            bar = videos_bar(stack, todo)
-
-        def on_progress(done: int, report: ExtractReport) -> None:
-            bar.update(1, f"{rate_text(report, 'pairs', 1)}, {len(report.failures)} failed")
-
-        try:
-            report = run_extract(source, out, settings, workers=workers, gpus=gpus,
-                                 shard_bytes=parse_size(shard_size), on_start=on_start,
-                                 on_progress=on_progress, scheduler=scheduler,
-                                 compute=Compute(device, max_batch))
-        except (SourceError, StoreError, FlowError, ValueError) as exc:
-            fail(str(exc))
-    echo_run_report(report, "pairs", 1)
+    where = f"Dask cluster {scheduler}" if scheduler else f"{gpus or workers} worker(s)"
+    report = run_with_bar(
+        lambda on_start, on_progress: run_extract(
+            source, out, settings, workers=workers, gpus=gpus, shard_bytes=parse_size(shard_size),
+            on_start=on_start, on_progress=on_progress, scheduler=scheduler, compute=Compute(device, max_batch)),
+        lambda todo, skipped: f"{todo} videos to extract ({skipped} already in {out}), {where}, algo {algo}",
+        "pairs", 1)
     if pipeline is not None and not report.interrupted:
         store = FlowStore(out)
         for line in _split_reports(pipeline, store.videos(), str(out))[0]:
             click.echo(line, err=True)
         store.close()
-    if report.interrupted:
-        click.echo("interrupted: run the same command again to resume", err=True)
-        sys.exit(130)
-    if report.failures:
-        sys.exit(1)
+    exit_for(report)
+
+
+def _extract_settings(source: Path, out: Path | None, data_root: Path | None, given: dict
+                      ) -> tuple[Pipeline | None, Path, Path, ExtractSettings]:
+    """(pipeline or None, videos, store, settings) of ``flowprep extract``: from a pipeline file with the
+    flags ``given`` over its settings, or from the flags alone."""
+    try:
+        if is_pipeline_file(source):
+            pipeline = _load_pipeline(source, data_root)
+            pipeline.check_present()
+            return pipeline, pipeline.videos, out or pipeline.out, dataclasses.replace(pipeline.flow, **given)
+        if out is None:
+            fail("OUT is required unless SOURCE is a pipeline file")
+        return None, source, out, ExtractSettings(**given)
+    except UserError as exc:
+        fail(exc)
 
 
 def _open(out: Path, strict: bool = True) -> FlowStore:
@@ -206,8 +185,8 @@ def _open(out: Path, strict: bool = True) -> FlowStore:
         store = FlowStore(out, strict=strict)
         store.videos()
         return store
-    except StoreError as exc:
-        fail(str(exc))
+    except UserError as exc:
+        fail(exc)
 
 
 @main.command()
@@ -289,8 +268,8 @@ def show(out: Path, video: str, t: int, output: Path | None) -> None:
         video = matches[0]
     try:
         picture = figure(store, video, t)
-    except (IndexError, StoreError) as exc:
-        fail(str(exc))
+    except UserError as exc:
+        fail(exc)
     output = output or Path(f"{video.rsplit('/', 1)[-1]}-t{t}.png")
     output.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(output), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
@@ -307,10 +286,10 @@ def data(pipeline_file: Path, data_root: Path | None) -> None:
     .rar files). Says where to get the archives when they are not there."""
     pipeline = _load_pipeline(pipeline_file, data_root)
     try:
-        prepare(pipeline, log=lambda line: click.echo(line, err=True))
+        prepare(pipeline)
         pipeline.check_present()
-    except PipelineError as exc:
-        fail(str(exc))
+    except UserError as exc:
+        fail(exc)
     click.echo(f"{pipeline.name}: videos in {pipeline.videos}, splits in {pipeline.splits}")
 
 
@@ -363,8 +342,8 @@ def synth(out: Path, motion_classes: int, appearance_classes: int, clips_per_cla
         cfg = SynthConfig(motion_classes=motion_classes, appearance_classes=appearance_classes,
                           clips_per_class=clips_per_class, frames=frames, width=width, height=height,
                           seed=seed)
-    except ValueError as exc:
-        fail(str(exc))
+    except UserError as exc:
+        fail(exc)
     total = (motion_classes + appearance_classes) * clips_per_class
     with click.progressbar(length=total, label="clips", file=sys.stderr, show_pos=True) as bar:
         summary = write_dataset(out, cfg, on_clip=lambda: bar.update(1))
@@ -373,7 +352,7 @@ def synth(out: Path, motion_classes: int, appearance_classes: int, clips_per_cla
 
 
 def _add_file_commands() -> None:
-    from flowprep.cli_files import export_command, import_command
+    from flowprep.cli.files import export_command, import_command
 
     main.add_command(import_command)
     main.add_command(export_command)

@@ -1,0 +1,1 @@
+"""The ``flowprep`` command line (click): parses arguments and calls the library."""

@@ -1,0 +1,1 @@
+"""Datasets: pipeline files, official split lists, and the built-in synthetic dataset."""
