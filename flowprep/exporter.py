@@ -28,7 +28,7 @@ from flowprep.storage.atomic import write_json_atomic
 from flowprep.storage.codec import LINEAR, RecordError, flow_levels, level_values, linear_range, unpack_flow_record
 from flowprep.storage.lock import FolderBusyError, FolderLock
 from flowprep.storage.meta import VideoMeta
-from flowprep.storage.shard import StoreError
+from flowprep.storage.shard import StoreError, id_problem
 from flowprep.storage.store import FlowStore, read_json
 
 EXPORT_FILE = ".flowprep-export.json"
@@ -118,19 +118,57 @@ def _claim_folder(out: Path, settings: dict) -> None:
     write_json_atomic(out / EXPORT_FILE, settings)
 
 
+def _placed(out: Path, layout: Layout, video: str, meta: VideoMeta) -> dict[Path, list[str]]:
+    """Each final folder of one video and its files there, in the order they are moved in (a folder
+    may hold other videos' folders too: ids A and A/B)."""
+    counts = {"rgb": meta.num_frames, "x": meta.num_flows, "y": meta.num_flows}
+    placed: dict[Path, list[str]] = {}
+    for role, folder in _folders(out, layout, video, meta.streams).items():
+        placed.setdefault(folder, []).extend(layout.file_name(role, t) for t in range(counts[role]))
+    return placed
+
+
+def _check_inside(out: Path, placed: dict[Path, list[str]], video: str) -> None:
+    """Refuse to write or delete anywhere but inside OUT (a link inside OUT that leads out included)."""
+    root = os.path.realpath(out) + os.sep
+    for folder in placed:
+        if not os.path.realpath(folder).startswith(root):
+            raise StoreError(f"{folder}: outside {out}; refusing to export video {video!r} there")
+
+
 def _to_do(out: Path, layout: Layout, metas: dict[str, VideoMeta], report: ExportReport) -> list[str]:
-    """The videos not exported yet (``report.skipped`` counts the others); the folders of a video whose
-    export a killed run left half done are removed."""
+    """The videos not exported yet (``report.skipped`` counts the others): a video is exported when the
+    last of its files is in each of its folders. The files of a video whose export a killed run left
+    half done are removed (its own files only: another video's folder inside its folder stays)."""
     todo = []
     for video, meta in metas.items():
-        finals = set(_folders(out, layout, video, meta.streams).values())
-        if all(f.is_dir() for f in finals):
+        placed = _placed(out, layout, video, meta)
+        _check_inside(out, placed, video)
+        if all(names and (folder / names[-1]).is_file() for folder, names in placed.items()):
             report.skipped += 1
-        else:
-            for folder in finals:  # a run killed between the renames of one video
-                shutil.rmtree(folder, ignore_errors=True)
-            todo.append(video)
+            continue
+        for folder, names in placed.items():
+            for name in names:
+                (folder / name).unlink(missing_ok=True)
+        todo.append(video)
     return todo
+
+
+def _move_into_place(staged: dict[str, Path], out: Path, layout: Layout, video: str, meta: VideoMeta) -> None:
+    """Rename each staged folder to its final folder; where the final folder exists already (it holds
+    another video's folder: ids A and A/B), move the files one by one, the last one last."""
+    placed = _placed(out, layout, video, meta)
+    for role, final in _folders(out, layout, video, meta.streams).items():
+        source = staged[role]
+        if not source.is_dir():
+            continue  # several roles share one folder: moved with the first
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if not final.exists():
+            os.replace(source, final)
+            continue
+        for name in placed[final]:
+            if (source / name).exists():
+                os.replace(source / name, final / name)
 
 
 def run_export(store_path: str | os.PathLike, out: str | os.PathLike, layout: Layout, bound: float | None = None,
@@ -148,6 +186,10 @@ def run_export(store_path: str | os.PathLike, out: str | os.PathLike, layout: La
     for video in wanted:
         if video not in store:
             raise StoreError(f"video {video!r} is not in {store.root}")
+        problem = id_problem(video)
+        if problem:
+            raise StoreError(f"{store.root}: video id {video!r} is not a safe path ({problem}); not exporting "
+                             "this store (`flowprep verify` lists such ids)")
     out = Path(out)
     settings = {"store": str(Path(store_path).resolve()), "layout": layout.name, "bound": bound,
                 "zero_level": zero_level, "quality": quality}
@@ -171,10 +213,7 @@ def run_export(store_path: str | os.PathLike, out: str | os.PathLike, layout: La
             staging = staging_root / str(done)
             try:
                 staged = _write_video(store, video, metas[video], layout, staging, lo, hi, quality, report)
-                for role, final in _folders(out, layout, video, metas[video].streams).items():
-                    if staged[role].is_dir():
-                        final.parent.mkdir(parents=True, exist_ok=True)
-                        os.replace(staged[role], final)
+                _move_into_place(staged, out, layout, video, metas[video])
             except OSError as exc:
                 shutil.rmtree(staging_root, ignore_errors=True)
                 what = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)

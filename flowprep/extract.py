@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
-import tempfile
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,11 +29,15 @@ from flowprep.storage.atomic import write_json_atomic
 from flowprep.storage.codec import encode_flow, encode_rgb
 from flowprep.storage.meta import FlowInfo, VideoMeta
 from flowprep.storage.settings import ExtractSettings
-from flowprep.storage.shard import record_key
-from flowprep.storage.store import FAILURES_FILE, MAX_KEY_BYTES, ShardWriter
+from flowprep.storage.shard import id_problem, key_length_problem, record_key
+from flowprep.storage.store import FAILURES_FILE, ShardWriter
 from flowprep.video import VIDEO_EXTENSIONS, VideoError, VideoReader
 
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
+RUN_DIR = ".flowprep-run"
+# joblib's (loky's) resource tracker warns of "leaked semlock objects" when the writer was killed; the
+# next run resumes and nothing leaked is ours: keep the tracker quiet in the worker processes
+_QUIET_TRACKER = "ignore:resource_tracker:UserWarning"
 
 
 class SourceError(UserError):
@@ -56,9 +60,11 @@ class ExtractedVideo:
 
 
 def _video_id(path: Path, root: Path) -> str:
-    try:
-        rel = path.relative_to(root)
-    except ValueError:
+    """The id of a video: its path under ``root`` without extension; a video outside ``root`` (a list
+    naming ``../x.avi`` or an absolute path) is named by its file name alone, so that no id climbs out
+    of the store's folder."""
+    rel = Path(os.path.relpath(os.path.normpath(os.path.abspath(path)), os.path.abspath(root)))
+    if rel.parts and rel.parts[0] == "..":
         rel = Path(path.name)
     return rel.with_suffix("").as_posix()
 
@@ -119,8 +125,9 @@ def extract_video(source: VideoSource, settings: ExtractSettings, gpu: int | Non
     Frame pairs are gathered into batches for implementations that solve many pairs at once.
     Raises VideoError for a file that is not a usable video.
     """
-    if len(record_key(source.video, "flow", 0)) > MAX_KEY_BYTES:
-        raise VideoError(f"id {source.video!r} is too long for an LMDB key ({MAX_KEY_BYTES} bytes)")
+    problem = id_problem(source.video) or key_length_problem(source.video)
+    if problem:
+        raise VideoError(f"id {source.video!r}: {problem}")
     method = create_flow(settings.algo, settings.flow_params, gpu=gpu, device=compute.device,
                          max_batch=compute.max_batch)
     reader = VideoReader(source.path, settings.short_side)
@@ -229,6 +236,8 @@ ProgressCallback = Callable[[int, RunReport], None]
 def _results(todo: list[VideoSource], settings: ExtractSettings, workers: int, gpus: int, run_dir: str,
              scheduler: str | None, compute: Compute) -> Iterator[ExtractedVideo | Failure]:
     """Extracted videos in completion order, from local worker processes or a Dask cluster."""
+    if _QUIET_TRACKER not in os.environ.get("PYTHONWARNINGS", ""):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), _QUIET_TRACKER]))
     if scheduler is None:
         n_jobs = gpus if gpus else min(workers, max(1, len(todo)))
         yield from Parallel(n_jobs=n_jobs, return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs")(
@@ -284,8 +293,11 @@ def run_extract(source: str | os.PathLike, out: str | os.PathLike, settings: Ext
         todo = [s for s in sources if s.video not in writer.complete]
         if on_start is not None:
             on_start(len(todo), report.skipped)
-        with tempfile.TemporaryDirectory(prefix="flowprep-run-") as run_dir:
-            results = _results(todo, settings, workers, gpus, run_dir, scheduler, compute)
+        run_dir = out / RUN_DIR  # GPU claims of the workers; inside OUT, so a killed run leaves nothing in /tmp
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir()
+        try:
+            results = _results(todo, settings, workers, gpus, str(run_dir), scheduler, compute)
             try:
                 for done, result in enumerate(results, start=1):
                     if isinstance(result, Failure):
@@ -302,6 +314,8 @@ def run_extract(source: str | os.PathLike, out: str | os.PathLike, settings: Ext
                         on_progress(done, report)
             except KeyboardInterrupt:
                 report.interrupted = True
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
         write_json_atomic(out / FAILURES_FILE, failures)
     report.failures.sort(key=lambda f: f.video)
     report.seconds = time.perf_counter() - start

@@ -31,11 +31,11 @@ from flowprep.layouts import Layout, VideoFolders, find_video_folders, scan_fold
 from flowprep.run import Failure, RunReport, begin_run, library_versions, record_failure
 from flowprep.storage.atomic import write_json_atomic
 from flowprep.storage.codec import linear_range, pack_flow_jpegs
-from flowprep.storage.jpeg import JpegError, JpegInfo, jpeg_info
+from flowprep.storage.jpeg import JpegError, JpegInfo, decode_strict, jpeg_info
 from flowprep.storage.meta import FlowInfo, VideoMeta
 from flowprep.storage.settings import ImportSettings
-from flowprep.storage.shard import record_key
-from flowprep.storage.store import FAILURES_FILE, MAX_KEY_BYTES, ShardWriter
+from flowprep.storage.shard import id_problem, key_length_problem, record_key
+from flowprep.storage.store import FAILURES_FILE, ShardWriter
 
 # a 3-channel flow file is read as its luma; it must be grey (the same value in each channel) for that
 # to be the flow component. Levels of chroma noise a JPEG of a grey image keeps, at most:
@@ -96,23 +96,34 @@ def _read_file(path: str) -> bytes:
         os.close(fd)
 
 
-def _read(folder: str, name: str) -> tuple[bytes, JpegInfo]:
+def _read(folder: str, name: str, check_data: bool, flow: bool) -> tuple[bytes, JpegInfo]:
+    """A file's bytes and JPEG header; ``check_data``: its data checked too (:func:`_check_data`). A
+    3-channel flow file is always decoded: it must be grey."""
     path = f"{folder}/{name}"
     try:
         data = _read_file(path)
     except OSError as exc:
         raise FrameError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
-        return data, jpeg_info(data)
+        info = jpeg_info(data)
     except JpegError as exc:
         raise FrameError(f"{path}: {exc}") from None
+    if check_data or (flow and info.channels == 3):
+        _check_data(path, data, flow and info.channels == 3)
+    return data, info
 
 
-def _check_grey(path: str, data: bytes) -> None:
-    """A 3-channel flow file must hold the same value in each channel (grey saved as colour)."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FrameError(f"{path}: does not decode")
+def _check_data(path: str, data: bytes, grey_as_colour: bool) -> None:
+    """Decode at 1/8 scale, strictly: every bit of the entropy-coded data is read (so damage that still
+    decodes is found, :func:`flowprep.storage.jpeg.decode_strict`) but no inverse DCT is done, 60 % of a
+    full decode. ``grey_as_colour``: a 3-channel flow file, which must hold the same value in each
+    channel (grey saved as colour)."""
+    try:
+        image = decode_strict(data, cv2.IMREAD_REDUCED_COLOR_8 if grey_as_colour else cv2.IMREAD_REDUCED_GRAYSCALE_8)
+    except JpegError as exc:
+        raise FrameError(f"{path}: {exc}") from None
+    if not grey_as_colour:
+        return
     spread = float(np.abs(image.astype(np.int16) - image.mean(axis=2, keepdims=True)).mean())
     if spread > _GREY_TOLERANCE:
         raise FrameError(f"{path}: a colour image (channels differ by {spread:.1f} levels on average); a flow "
@@ -165,12 +176,14 @@ def _list_files(folders: VideoFolders, settings: ImportSettings, layout: Layout,
     return rgb_names[:num_rgb], x_names[:num_flow], y_names[:num_flow], notes
 
 
-def import_video(folders: VideoFolders, settings: ImportSettings, layout: Layout, trim_rgb: bool = False
-                 ) -> ImportedVideo:
+def import_video(folders: VideoFolders, settings: ImportSettings, layout: Layout, trim_rgb: bool = False,
+                 check_data: bool = True) -> ImportedVideo:
     """Read and check one video's files and build its records and metadata. Raises FrameError.
-    ``trim_rgb``: keep only the RGB frames the flow covers where there are more."""
-    if len(record_key(folders.video, "flow", 0)) > MAX_KEY_BYTES:
-        raise FrameError(f"id {folders.video!r} is too long for an LMDB key ({MAX_KEY_BYTES} bytes)")
+    ``trim_rgb``: keep only the RGB frames the flow covers where there are more; ``check_data``: decode
+    every file strictly (:func:`_check_data`), not only read its header."""
+    problem = id_problem(folders.video) or key_length_problem(folders.video)
+    if problem:
+        raise FrameError(f"id {folders.video!r}: {problem}")
     rgb_names, x_names, y_names, notes = _list_files(folders, settings, layout, trim_rgb)
     records: list[tuple[bytes, bytes]] = []
     size: tuple[int, int] | None = None
@@ -185,19 +198,16 @@ def import_video(folders: VideoFolders, settings: ImportSettings, layout: Layout
 
     rgb_bytes = flow_bytes = 0
     for t, name in enumerate(rgb_names):
-        data, info = _read(folders.rgb, name)
+        data, info = _read(folders.rgb, name, check_data, flow=False)
         check_size(info, os.path.join(folders.rgb, name))
         records.append((record_key(folders.video, "rgb", t), data))
         rgb_bytes += len(data)
     lo, hi = linear_range(settings.bound, settings.zero_level)
     for t, (x_name, y_name) in enumerate(zip(x_names, y_names, strict=True)):
-        jx, x_info = _read(folders.x, x_name)
-        jy, y_info = _read(folders.y, y_name)
-        for info, folder, name, data in ((x_info, folders.x, x_name, jx), (y_info, folders.y, y_name, jy)):
-            path = os.path.join(folder, name)
-            check_size(info, path)
-            if info.channels == 3 and t == 0:
-                _check_grey(path, data)
+        jx, x_info = _read(folders.x, x_name, check_data, flow=True)
+        jy, y_info = _read(folders.y, y_name, check_data, flow=True)
+        check_size(x_info, os.path.join(folders.x, x_name))
+        check_size(y_info, os.path.join(folders.y, y_name))
         record = pack_flow_jpegs(jx, jy, lo, hi)
         records.append((record_key(folders.video, "flow", t), record))
         flow_bytes += len(record)
@@ -215,23 +225,24 @@ def import_video(folders: VideoFolders, settings: ImportSettings, layout: Layout
     return ImportedVideo(folders.video, records, meta)
 
 
-def _work(folders: VideoFolders, settings: ImportSettings, layout: Layout, trim_rgb: bool) -> ImportedVideo | Failure:
+def _work(folders: VideoFolders, settings: ImportSettings, layout: Layout, trim_rgb: bool, check_data: bool
+          ) -> ImportedVideo | Failure:
     where = folders.x or folders.rgb or folders.y or ""
     try:
-        return import_video(folders, settings, layout, trim_rgb)
+        return import_video(folders, settings, layout, trim_rgb, check_data)
     except FrameError as exc:  # the failure names the video's folder; its reason, the file in it
         return Failure(folders.video, where, str(exc).removeprefix(f"{where}: ").replace(where + os.sep, ""))
     except Exception as exc:  # noqa: BLE001 - one bad video must not end a dataset-wide run
         return Failure(folders.video, where, f"{type(exc).__name__}: {exc}")
 
 
-def _results(todo: list[VideoFolders], settings: ImportSettings, layout: Layout, readers: int, trim_rgb: bool
-             ) -> Iterator[ImportedVideo | Failure | None]:
+def _results(todo: list[VideoFolders], settings: ImportSettings, layout: Layout, readers: int, trim_rgb: bool,
+             check_data: bool) -> Iterator[ImportedVideo | Failure | None]:
     """Imported videos in completion order, from ``readers`` threads, at most 2 per thread in memory
     (0: read in this thread); None where no video was read for a while."""
     if readers == 0:
         for folders in todo:
-            yield _work(folders, settings, layout, trim_rgb)
+            yield _work(folders, settings, layout, trim_rgb, check_data)
         return
     with ThreadPoolExecutor(readers, thread_name_prefix="flowprep-import") as pool:
         pending: set[Future] = set()
@@ -239,7 +250,7 @@ def _results(todo: list[VideoFolders], settings: ImportSettings, layout: Layout,
         try:
             while True:
                 for folders in queue:
-                    pending.add(pool.submit(_work, folders, settings, layout, trim_rgb))
+                    pending.add(pool.submit(_work, folders, settings, layout, trim_rgb, check_data))
                     if len(pending) >= 2 * readers:
                         break
                 if not pending:
@@ -271,7 +282,10 @@ class _Committer:
             record_failure(self.out, self.failures, self.report, result)
             return
         self.batch.append(result)
-        if (sum(v.meta.rgb_bytes + v.meta.flow_bytes for v in self.batch) >= _BATCH_BYTES
+        # a transaction goes into one shard whole: at most a quarter of a shard, so that a shard ends
+        # near --shard-size rather than a batch past it
+        if (sum(v.meta.rgb_bytes + v.meta.flow_bytes for v in self.batch) >= min(_BATCH_BYTES,
+                                                                                  self.writer.shard_bytes // 4)
                 or time.perf_counter() - self.last_commit >= _BATCH_SECONDS):
             self.commit()
 
@@ -293,13 +307,14 @@ def run_import(source: str | os.PathLike, out: str | os.PathLike, layout: Layout
                rgb_tree: str | os.PathLike | None = None, readers: int = 1, shard_bytes: int = 8 << 30,
                on_start: Callable[[int, int], None] | None = None,
                on_progress: ProgressCallback | None = None, videos: list[VideoFolders] | None = None,
-               trim_rgb: bool = False) -> RunReport:
+               trim_rgb: bool = False, check_data: bool = True) -> RunReport:
     """Import every video of the tree(s) not yet complete in OUT (``report.pairs``: flow fields stored).
 
     ``settings.streams`` must be the streams to import (see :func:`flowprep.layouts.find_video_folders`);
     ``readers``: threads reading files (0: read in this thread). Failures are recorded in
     ``OUT/failures.json`` and the report, as by ``flowprep extract``. ``videos``: the trees' videos where
-    the caller has listed them already.
+    the caller has listed them already; ``check_data``: decode every file strictly (damaged JPEG data that
+    still decodes is a failure), not only read its header.
     """
     if readers < 0:
         raise SettingError("workers", "must be >= 1", readers)
@@ -316,7 +331,7 @@ def run_import(source: str | os.PathLike, out: str | os.PathLike, layout: Layout
         committer = _Committer(writer, out, report, failures)
         done = 0
         try:
-            for result in _results(todo, settings, layout, readers, trim_rgb):
+            for result in _results(todo, settings, layout, readers, trim_rgb, check_data):
                 if result is None:
                     committer.commit()
                     continue

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from flowprep.storage.checksum import checksum_problem, parse_checksums
 from flowprep.storage.codec import RecordError, decode_flow_components, decode_rgb
+from flowprep.storage.lock import lock_holder
 from flowprep.storage.meta import VideoMeta
-from flowprep.storage.settings import video_mismatches
-from flowprep.storage.shard import StoreError, split_key
+from flowprep.storage.settings import describe_settings, video_mismatches
+from flowprep.storage.shard import StoreError, id_problem, record_key, split_key
 from flowprep.storage.store import KINDS, SETTINGS_FILE, FlowStore
 
 
@@ -55,8 +57,20 @@ def _readable_metas(store: FlowStore, problems: list[str]) -> list[VideoMeta]:
     return metas
 
 
+def refuse_while_written(root: Path) -> None:
+    """StoreError where a run (extract, import) holds the store's lock: a store read while it is written
+    shows half-written videos and LMDB errors that are not damage."""
+    holder = lock_holder(root)
+    if holder is not None:
+        raise StoreError(f"{root}: being written by {holder}; read or verify it when that run has ended")
+
+
 def summarize(store: FlowStore) -> StoreSummary:
-    s = StoreSummary(shards=len(store.shards), failures=store.failures())
+    s = StoreSummary(shards=len(store.shards))
+    try:
+        s.failures = store.failures()
+    except StoreError as exc:
+        s.problems.append(str(exc))
     s.disk_bytes = sum(f.stat().st_size for shard in store.shards for f in shard.iterdir() if f.is_file())
     for meta in _readable_metas(store, s.problems):
         fields = meta.num_flows + meta.num_backward
@@ -92,10 +106,19 @@ def verify(store: FlowStore, decode: bool = True, on_record: Callable[[int], Non
     ``flowprep.json``; no record belongs to a video without metadata. Shards or metadata that cannot
     be read are problems naming shard and video, and the check goes on with the rest.
     """
+    refuse_while_written(store.root)
     result = Verification()
     problems = result.problems
+    try:
+        store.failures()
+    except StoreError as exc:
+        problems.append(str(exc))
     metas = _readable_metas(store, problems)
     _check_settings(store, metas, result)
+    for video in store.videos():
+        problem = id_problem(video)
+        if problem:
+            problems.append(f"{video!r}: not a safe video id ({problem}); `flowprep export` refuses this store")
     unchecked = sorted(m.video for m in metas if m.crc32 is None)
     if unchecked:
         result.notes.append(f"{len(unchecked)} of {len(metas)} videos have no checksums (stored before "
@@ -115,8 +138,8 @@ def verify(store: FlowStore, decode: bool = True, on_record: Callable[[int], Non
                     on_record(1)
         except StoreError as exc:
             after = f" (after record {last_key.decode(errors='replace')})" if last_key else ""
-            problems.append(f"{exc}{after}")
-            continue
+            problems.append(f"{exc}{after}; the rest of the shard is read record by record")
+            _check_by_key(store, shard_index, shard_metas, checksums, seen, decode, problems, on_record)
         for video in sorted(set(seen) - shard_videos):
             counts = ", ".join(f"{len(v)} {k}" for k, v in seen[video].items() if v)
             problems.append(f"{video}: {counts} records but no metadata (half-written video)")
@@ -125,9 +148,31 @@ def verify(store: FlowStore, decode: bool = True, on_record: Callable[[int], Non
     return result
 
 
+def _check_by_key(store: FlowStore, shard_index: int, metas: dict[str, VideoMeta], checksums: dict, seen: dict,
+                  decode: bool, problems: list[str], on_record: Callable[[int], None] | None) -> None:
+    """Read the records a walk of the shard did not reach (it stopped at a damaged page) one key at a
+    time, so one damaged page costs the records on it, not the rest of the shard. A video whose
+    records cannot be read is one problem."""
+    shard = store.shards[shard_index]
+    for video, meta in sorted(metas.items()):
+        try:
+            for kind, count in _expected_counts(meta).items():
+                for t in sorted(set(range(count)) - set(seen[video][kind])):
+                    key = record_key(video, kind, t)
+                    value = store.raw_record(shard_index, key)
+                    if value is not None:
+                        _check_record(key, value, shard, metas, checksums, seen, decode, problems)
+                        if on_record is not None:
+                            on_record(1)
+        except StoreError as exc:
+            problems.append(f"{video}: records cannot be read ({exc})")
+
+
 def _check_settings(store: FlowStore, metas: list[VideoMeta], result: Verification) -> None:
     try:
         settings = store.settings()
+        if settings:
+            describe_settings(settings, store.root)
     except StoreError as exc:
         result.problems.append(str(exc))
         return

@@ -218,7 +218,8 @@ def test_ctrl_c_while_starting_is_quiet(tiny: Path, tmp_path: Path) -> None:
     config = write_config(tiny, tmp_path, iterations=100_000)
     for delay in (0.3, 1.0):
         proc = subprocess.Popen([sys.executable, "-m", "trainer", "fit", str(config)], cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)

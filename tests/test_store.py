@@ -121,7 +121,8 @@ def test_reader_in_dataloader_workers(tmp_path: Path, context: str) -> None:
 
 
 def test_the_readme_import_of_the_store_still_works() -> None:
+    from flowprep.storage.shard import CorruptRecordError, StoreError
+    from flowprep.storage.store import FlowStore
     from flowprep.storage.store import FlowStore as defined
-    from flowprep.store import CorruptRecordError, FlowStore, StoreError
 
     assert FlowStore is defined and issubclass(CorruptRecordError, StoreError)

@@ -150,7 +150,9 @@ def test_checksums_catch_payload_corruption(store: Path) -> None:
     edit_shard(shard, forget_checksums)
     old = flowprep("verify", store, "--no-decode")
     assert old.returncode == 0 and "note: 3 of 3 videos have no checksums" in old.stdout
-    assert FlowStore(store).rgb("clip_a", 3).shape == (120, 160, 3)
+    # without checksums the damage is still found where it breaks the JPEG data (strict decoding, issue 26)
+    with pytest.raises(CorruptRecordError, match=r"clip_a: rgb record 3 .*damaged JPEG data"):
+        FlowStore(store).rgb("clip_a", 3)
 
 
 # 6: a truncated shard (an interrupted copy)
@@ -290,6 +292,7 @@ def _children(pid: int) -> list[int]:
 
 
 def test_workers_exit_when_extract_is_killed(tmp_path: Path) -> None:
+    in_tmp = set(Path("/tmp").glob("flowprep-run-*"))  # left by other programs (or older versions)
     src = tmp_path / "many"
     src.mkdir()
     for i in range(6):
@@ -317,6 +320,8 @@ def test_workers_exit_when_extract_is_killed(tmp_path: Path) -> None:
     lock = tmp_path / "out" / LOCK_FILE
     assert lock.exists()
     ShardWriter(tmp_path / "out").close()  # nothing holds the store any more
+    # the killed run's working folder is in the store (the next run removes it), not in /tmp
+    assert (tmp_path / "out" / ".flowprep-run").is_dir() and set(Path("/tmp").glob("flowprep-run-*")) <= in_tmp
 
 
 def _state(pid: int) -> str:

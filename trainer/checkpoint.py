@@ -7,7 +7,10 @@ new clip's inputs the same way."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,11 +27,51 @@ class CheckpointError(UserError):
     """A checkpoint file that cannot be read; one line naming it."""
 
 
+CHECKSUM = "sha256"  # the key of the contents' checksum in a checkpoint
+
+
+def contents_digest(obj: object) -> str:
+    """SHA-256 of a checkpoint's contents: every tensor's dtype, shape and bytes and every plain value,
+    walked in a fixed order (dict keys sorted). torch.load does not notice a flipped bit inside a tensor;
+    this does."""
+    digest = hashlib.sha256()
+
+    def walk(value: object) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        elif isinstance(value, dict):
+            digest.update(f"D{len(value)}".encode())
+            for key in sorted(value, key=repr):
+                digest.update(repr(key).encode())
+                walk(value[key])
+        elif isinstance(value, list | tuple):
+            digest.update(f"L{len(value)}".encode())
+            for item in value:
+                walk(item)
+        else:
+            digest.update(f"V{value!r}".encode())
+
+    walk(obj)
+    return digest.hexdigest()
+
+
 def save_atomic(obj: dict, path: str | os.PathLike) -> None:
     """Write ``obj`` with torch.save atomically (:func:`flowprep.storage.atomic.atomic_write`): a reader
-    (or a resumed run) sees the old checkpoint or the new one, never half of one."""
-    with atomic_write(path) as f:
-        torch.save(obj, f)
+    (or a resumed run) sees the old checkpoint or the new one, never half of one. The checksum of the
+    contents goes with them (:func:`load` checks it). A write that fails (a full disk) is one
+    CheckpointError; the old checkpoint stays."""
+    obj = {**obj, CHECKSUM: contents_digest({k: v for k, v in obj.items() if k != CHECKSUM})}
+    try:
+        with atomic_write(path) as f:
+            torch.save(obj, f)
+    except (OSError, RuntimeError) as exc:
+        full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC or \
+            shutil.disk_usage(Path(path).parent).free < (64 << 20)
+        why = "no space left on device" if full else next(
+            (line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:160]
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({why}); the previous one is kept") from None
 
 
 def remove_partial(path: str | os.PathLike) -> list[Path]:
@@ -40,6 +83,16 @@ def remove_partial(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def torch_load_problem(exc: Exception) -> str:
+    """torch.load's failure in a few words: its messages run to many lines of advice (set
+    weights_only=False, which must not be done with a file one did not make)."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        return "not a PyTorch file of tensors and plain values"
+    first = next((line for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return first.split(". ")[0].strip()[:160]
+
+
 def load(path: str | os.PathLike) -> dict:
     """A checkpoint written by :func:`save_atomic` (tensors and plain Python values only).
     A file that is not one raises CheckpointError in one line."""
@@ -48,16 +101,23 @@ def load(path: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint not found") from None
     except Exception as exc:  # noqa: BLE001 - random bytes make torch.load raise nearly anything (IndexError, KeyError)
-        text = str(exc)
-        if "Weights only load failed" in text:
-            detail = "not a PyTorch file of tensors and plain values"
-        else:
-            first = next((line for line in text.splitlines() if line.strip()), type(exc).__name__)
-            detail = first.split(". ")[0].strip()[:160]
-        raise CheckpointError(f"{path}: not a readable checkpoint, damaged or truncated ({detail})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint, damaged or truncated ({torch_load_problem(exc)})"
+                              ) from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise CheckpointError(f"{path}: not a trainer checkpoint (no model state and step)")
+    stored = state.pop(CHECKSUM, None)  # checkpoints of earlier versions have none
+    if stored is not None and stored != contents_digest(state):
+        raise CheckpointError(f"{path}: damaged checkpoint (its contents do not match their SHA-256 checksum); "
+                              "restore it from a copy or train again")
     return state
+
+
+def state_dict_problem(exc: Exception) -> str:
+    """The telling line of a load_state_dict error (the first size mismatch or missing key)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = next((line for line in lines[1:] if line.startswith(("size mismatch", "Missing key", "Unexpected key"))),
+                  lines[-1] if lines else type(exc).__name__)
+    return detail[:300]
 
 
 @dataclass(frozen=True)

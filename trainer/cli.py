@@ -11,6 +11,7 @@ import click
 
 from flowprep.errors import UserError
 from flowprep.logs import log_to_stderr
+from flowprep.storage.atomic import atomic_write
 from flowprep.video import VideoError
 from trainer.config import load_config
 from trainer.evaluate import run_test
@@ -117,6 +118,17 @@ def test_command(checkpoint: Path, split: int | None, train_scores: bool, frames
         click.echo(f"  scores: {s['scores']}" + (f"\n  confusion matrix: {s['confusion']}" if "confusion" in s else ""))
 
 
+def _write_table(path: Path, text: str) -> None:
+    """Write a table to ``-o PATH`` (a file, written then renamed) or say in one line why not."""
+    if path.is_dir():
+        _fail(f"{path}: a folder; -o names the file to write the table to")
+    try:
+        with atomic_write(path, "w") as f:
+            f.write(text + "\n")
+    except OSError as exc:
+        _fail(f"{path}: cannot write ({exc.strerror or exc})")
+
+
 def _groups(path: Path | None) -> dict[str, str] | None:
     if path is None:
         return None
@@ -151,7 +163,7 @@ def fuse(scores: tuple[Path, ...], method: str, groups: Path | None, out: Path |
     text = "\n\n".join(format_table(rows, title) for title, rows in tables)
     click.echo(text)
     out = out or scores[0].parent / "fusion.md"
-    out.write_text(text + "\n")
+    _write_table(out, text)
     click.echo(f"\nwritten to {out}", err=True)
 
 
@@ -167,7 +179,7 @@ def report(scores: tuple[Path, ...], out: Path | None) -> None:
         _fail(str(exc))
     click.echo(text)
     if out:
-        out.write_text(text + "\n")
+        _write_table(out, text)
 
 
 @main.command(name="predict")

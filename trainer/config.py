@@ -7,6 +7,7 @@ Every error names the file and the key (``configs/temporal.yaml: unknown key 'op
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -209,7 +210,7 @@ def validate(cfg: Config) -> None:
          "data.decode: device needs data.stacking: optical_flow (trajectories sample float fields; use cpu)"),
         (len(d.rgb_mean) == 3 and len(d.rgb_std) == 3, "data.rgb_mean and data.rgb_std need 3 values"),
         (all(s > 0 for s in d.rgb_std), f"data.rgb_std must be > 0, got {d.rgb_std}"),
-        (d.rgb_jitter >= 0, f"data.rgb_jitter must be >= 0, got {d.rgb_jitter}"),
+        (0 <= d.rgb_jitter < math.inf, f"data.rgb_jitter must be a finite number >= 0, got {d.rgb_jitter}"),
         (0 < d.flow_scale <= 100, f"data.flow_scale must be in (0, 100] (input units per pixel), got {d.flow_scale}"),
         (len(d.datasets) >= 1, "data.datasets must list at least one dataset"),
         (0 < m.width <= 4, f"model.width must be in (0, 4], got {m.width}"),
@@ -222,12 +223,12 @@ def validate(cfg: Config) -> None:
         (o.schedule in SCHEDULES, f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {o.schedule!r}"),
         (o.schedule != "custom" or o.iterations > 0, "optim.iterations must be > 0 with optim.schedule: custom"),
         (o.batch_size >= 1, f"optim.batch_size must be >= 1, got {o.batch_size}"),
-        (o.lr > 0, f"optim.lr must be > 0, got {o.lr}"),
+        (0 < o.lr < math.inf, f"optim.lr must be a finite number > 0, got {o.lr}"),
         (0 <= o.momentum < 1, f"optim.momentum must be in [0, 1), got {o.momentum}"),
         (0 <= o.weight_decay < 1, f"optim.weight_decay must be in [0, 1), got {o.weight_decay}"),
         (all(m > 0 for m in o.milestones), f"optim.milestones must be > 0 iterations, got {o.milestones}"),
         (o.iterations >= 0, f"optim.iterations must be >= 0, got {o.iterations}"),
-        (o.scale > 0, f"optim.scale must be > 0, got {o.scale}"),
+        (0 < o.scale < math.inf, f"optim.scale must be a finite number > 0, got {o.scale}"),
         (cfg.run.device in ("auto", "cpu", "cuda"), f"run.device must be auto, cpu or cuda, got {cfg.run.device!r}"),
         (t.log_every >= 1 and t.checkpoint_every >= 1, "train.log_every and train.checkpoint_every must be >= 1"),
         (t.val_every >= 0, f"train.val_every must be >= 0 iterations (0: only at the end), got {t.val_every}"),
@@ -251,6 +252,8 @@ def validate(cfg: Config) -> None:
             value = getattr(ds, key)
             if value is not None and not Path(value).exists():
                 raise ConfigError(f"{src}: {where}.{key}: {value} not found")
+    if m.pretrained is not None and Path(m.pretrained).is_dir():
+        raise ConfigError(f"{src}: model.pretrained: {m.pretrained} is a folder; give the weights file in it")
     if m.pretrained is not None and not Path(m.pretrained).is_file():
         raise ConfigError(f"{src}: model.pretrained: {m.pretrained} not found")
 
@@ -269,9 +272,13 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: {_yaml_problem(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}); a config is YAML text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (run, data, model, optim, train)")
     for assignment in overrides:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from flowprep.storage.codec import FIXED, level_affine, unpack_flow_record
 from flowprep.storage.jpeg import jpeg_info
+from flowprep.storage.shard import CorruptRecordError
 
 
 @dataclass
@@ -44,6 +45,7 @@ class EncodedInput:
     crops: list[tuple[int, int, bool]]  # (top, left, flip) in the (enlarged) planes
     norm_scale: np.ndarray  # per channel: the normalisation x → norm_scale · x + norm_offset
     norm_offset: np.ndarray
+    where: str = ""  # video and records, named when the device cannot decode them
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -102,10 +104,34 @@ def _decode_all(batch: Sequence[EncodedInput], device: torch.device) -> list[tor
             continue
         data = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for s in batch if s.colour == colour
                 for j in s.jpegs]
-        images = decode_jpeg(data, mode=mode, device=device)
+        try:
+            images = decode_jpeg(data, mode=mode, device=device)
+        except RuntimeError as exc:
+            raise _undecodable(batch, colour, mode, device, exc) from None
         for owner, image in zip(owners, images, strict=True):
             out[owner].append(image)
     return [torch.cat(planes) for planes in out]
+
+
+def _undecodable(batch: Sequence[EncodedInput], colour: bool, mode: object, device: torch.device,
+                 exc: RuntimeError) -> CorruptRecordError:
+    """The error naming the sample whose JPEGs the device's decoder refuses (found by decoding each alone)."""
+    from torchvision.io import decode_jpeg
+
+    for sample in batch:
+        if sample.colour != colour:
+            continue
+        try:
+            decode_jpeg([torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in sample.jpegs], mode=mode,
+                        device=device)
+        except RuntimeError as own:
+            exc = own
+            break
+    else:
+        sample = None
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    where = sample.where if sample is not None and sample.where else "a sample of the batch"
+    return CorruptRecordError(f"{where}: a JPEG does not decode on {device} ({first[:200]})")
 
 
 def _regions(planes: torch.Tensor, sample: EncodedInput) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -70,13 +70,20 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | None = None)
         raise EvaluationError(f"{path}: checkpoint not found")
     try:
         state = ckpt.read(path)
+    except ckpt.CheckpointError as exc:
+        raise EvaluationError(str(exc)) from None
+    try:
         cfg = config_from_dict(state.config, str(path))
     except Exception as exc:  # noqa: BLE001 - anything unreadable gets one line
         raise EvaluationError(f"{path}: not a trainer checkpoint ({type(exc).__name__}: {exc})") from None
-    heads = {name: len(classes) for name, classes in state.classes.items()}
-    model = build_model(cfg.data.stream, cfg.data.flow_stack, heads, cfg.model.width, cfg.model.dropout,
-                        cfg.data.crop, cfg.model.arch, cfg.model.partial_bn)
-    model.load_state_dict(state.model)
+    try:
+        heads = {name: len(classes) for name, classes in state.classes.items()}
+        model = build_model(cfg.data.stream, cfg.data.flow_stack, heads, cfg.model.width, cfg.model.dropout,
+                            cfg.data.crop, cfg.model.arch, cfg.model.partial_bn)
+        model.load_state_dict(state.model)
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise EvaluationError(f"{path}: its weights do not fit the net its config describes "
+                              f"({ckpt.state_dict_problem(exc)})") from None
     model.to(device or torch.device("cpu")).eval()
     return LoadedNet(model, cfg, state, InputSpec.from_config(cfg.data, (device or torch.device("cpu")).type))
 
@@ -119,7 +126,8 @@ def score_videos(net: LoadedNet, dataset: TrainingSet, entries: Sequence[VideoEn
     """Softmax scores (videos × classes) of ``dataset``'s head, averaged over frames × 10 crops."""
     device = next(net.model.parameters()).device
     crops = _FrameCrops(net.spec, dataset.store, entries, frames, dataset.name)
-    loader = torch.utils.data.DataLoader(crops, batch_size=frames_per_batch, num_workers=workers, collate_fn=_concat)
+    loader = torch.utils.data.DataLoader(crops, batch_size=frames_per_batch, num_workers=workers, collate_fn=_concat,
+                                         generator=torch.Generator().manual_seed(0))
     sums = torch.zeros(len(entries), len(dataset.classes), dtype=torch.float64)
     counts = torch.zeros(len(entries), dtype=torch.int64)
     for inputs, owners in loader:

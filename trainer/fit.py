@@ -45,7 +45,8 @@ def validate(model: nn.Module, datasets: list[TrainingSet], spec: InputSpec, lim
     inputs = CentreInputs(datasets, spec, limit)
     if len(inputs) == 0:
         return {}
-    loader = torch.utils.data.DataLoader(inputs, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    loader = torch.utils.data.DataLoader(inputs, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+                                         generator=loader_generator(0))
     names = [ds.name for ds in datasets]
     correct, seen = [0] * len(names), [0] * len(names)
     was_training = model.training
@@ -116,14 +117,6 @@ def _config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
-
-
-def _state_dict_problem(exc: Exception) -> str:
-    """The telling line of a load_state_dict error (the first size mismatch or missing key)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    detail = next((line for line in lines[1:] if line.startswith(("size mismatch", "Missing key", "Unexpected key"))),
-                  lines[-1] if lines else type(exc).__name__)
-    return detail[:300]
 
 
 @dataclass
@@ -199,6 +192,7 @@ def resume(run: Run, resume_asked: bool) -> None:
     if not path.exists():
         if resume_asked:
             run.log(f"no checkpoint in {run.run_dir}: starting at iteration 0")
+        _drop_metrics_after(run, 0)  # rows of a run killed before its first checkpoint
         return
     try:
         state = ckpt.read(path)
@@ -211,7 +205,7 @@ def resume(run: Run, resume_asked: bool) -> None:
         run.model.load_state_dict(state.model)
         run.optimizer.load_state_dict(state.optimizer)
     except (RuntimeError, ValueError, KeyError) as exc:
-        raise TrainError(f"{path} does not fit this config's model: {_state_dict_problem(exc)}") from None
+        raise TrainError(f"{path} does not fit this config's model: {ckpt.state_dict_problem(exc)}") from None
     if state.torch_rng is not None:
         torch.set_rng_state(state.torch_rng)
     run.start, run.last_val, run.last_saved = state.step, state.val, state.step
@@ -220,10 +214,21 @@ def resume(run: Run, resume_asked: bool) -> None:
     if changes:
         run.log(f"note: the config differs from the checkpoint's, the new values apply from iteration {run.start}: "
                 + "; ".join(changes))
+    _drop_metrics_after(run, run.start)
+
+
+def _drop_metrics_after(run: Run, step: int) -> None:
     if run.procs.main:
-        dropped = drop_rows_after(run.run_dir / "metrics.csv", run.start)
+        dropped = drop_rows_after(run.run_dir / "metrics.csv", step)
         if dropped:
-            run.log(f"dropped {dropped} metrics.csv row(s) after iteration {run.start} (they are redone)")
+            run.log(f"dropped {dropped} metrics.csv row(s) after iteration {step} (they are redone)")
+
+
+def loader_generator(seed: int) -> torch.Generator:
+    """A DataLoader's own generator: creating its iterator draws a seed for its workers, and from the
+    global torch RNG that draw would shift every later dropout mask, so a resumed run (which restores
+    the global RNG from its checkpoint) would differ from an uninterrupted one."""
+    return torch.Generator().manual_seed(seed)
 
 
 def training_loader(run: Run) -> torch.utils.data.DataLoader:
@@ -235,6 +240,7 @@ def training_loader(run: Run) -> torch.utils.data.DataLoader:
                                   run.procs.rank, run.procs.world),
         num_workers=workers, pin_memory=run.procs.device.type == "cuda", persistent_workers=workers > 0,
         prefetch_factor=4 if workers else None, collate_fn=collate,
+        generator=loader_generator(cfg.run.seed + run.start),
     )
 
 

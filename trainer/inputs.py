@@ -29,7 +29,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from flowprep.storage.store import FlowStore
+from flowprep.storage.codec import checked_flow, checked_rgb
+from flowprep.storage.store import FlowStore, decode_records
 from trainer.config import DataConfig
 from trainer.crops import crop_positions, fit_to_crop, flip_horizontal, jitter_shift
 from trainer.encoded import EncodedBatch, EncodedInput, decode_inputs, flow_plan, rgb_plan
@@ -105,11 +106,17 @@ class EncodedInputs:
 
     def load(self, store: FlowStore, entry: VideoEntry, tau: int) -> EncodedInput:
         spec = self.spec
+        # checked strictly here (at 1/8 scale) so that no damaged JPEG data reaches the device's decoder,
+        # which would decode some of it without a word
         if spec.stream == "spatial":
-            return rgb_plan(store.records(entry.video, "rgb", [tau])[0], spec.crop)
+            plan = rgb_plan(decode_records(store, entry.video, "rgb", [tau], checked_rgb)[0], spec.crop)
+            plan.where = f"{entry.video}: rgb record {tau} in {store.root}"
+            return plan
         indices = field_indices(tau, entry.num_flows, spec.flow_stack, spec.bidirectional)
-        records = read_fields(store, entry.video, indices, decode=lambda record: record)
-        return flow_plan(records, spec.mean_subtraction, spec.crop)
+        records = read_fields(store, entry.video, indices, decode=checked_flow)
+        plan = flow_plan(records, spec.mean_subtraction, spec.crop)
+        plan.where = f"{entry.video}: flow records {', '.join(f'{k} {t}' for k, t in indices)} in {store.root}"
+        return plan
 
     def cut(self, source: EncodedInput, crops: list[Crop], shift: np.ndarray | None, packed: bool, single: bool
             ) -> torch.Tensor | EncodedInput:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 
@@ -40,8 +41,24 @@ def drop_rows_after(path: str | os.PathLike, iteration: int) -> int:
 
 
 def read_rows(path: str | os.PathLike) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    """The rows of a metrics file (undecodable bytes replaced, NULs dropped: a damaged file still reads)."""
+    with open(path, newline="", errors="replace") as f:
+        text = f.read().replace("\0", "")
+    return list(csv.DictReader(io.StringIO(text, newline="")))
+
+
+def _points(rows: list[dict], kind: str, key: str) -> list[tuple[int, float]]:
+    """(iteration, value) of the rows of ``kind``; rows that do not parse (a line damaged by hand or by a
+    full disk) are left out of the picture, not fatal."""
+    points = []
+    for row in rows:
+        if row.get("kind") != kind:
+            continue
+        try:
+            points.append((int(row.get("iteration") or ""), float(row.get(key) or "")))
+        except ValueError:
+            continue
+    return points
 
 
 def plot_curves(csv_path: str | os.PathLike, png_path: str | os.PathLike, title: str = "") -> None:
@@ -52,17 +69,17 @@ def plot_curves(csv_path: str | os.PathLike, png_path: str | os.PathLike, title:
     import matplotlib.pyplot as plt
 
     rows = read_rows(csv_path)
-    train = [(int(r["iteration"]), float(r["loss"])) for r in rows if r["kind"] == "train" and r["loss"]]
+    train = _points(rows, "train", "loss")
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     if train:
         ax_loss.plot(*zip(*train, strict=True), label="train loss")
     ax_loss.set_xlabel("iteration")
     ax_loss.set_ylabel("cross-entropy")
     ax_loss.set_title("training loss")
-    for dataset in sorted({r["dataset"] for r in rows if r["kind"] == "val"}):
-        val = [(int(r["iteration"]), 100 * float(r["accuracy"])) for r in rows
-               if r["kind"] == "val" and r["dataset"] == dataset]
-        ax_acc.plot(*zip(*val, strict=True), marker="o", label=dataset)
+    for dataset in sorted({r.get("dataset") or "" for r in rows if r.get("kind") == "val"}):
+        val = [(i, 100 * v) for i, v in _points([r for r in rows if r.get("dataset") == dataset], "val", "accuracy")]
+        if val:
+            ax_acc.plot(*zip(*val, strict=True), marker="o", label=dataset)
     ax_acc.set_xlabel("iteration")
     ax_acc.set_ylabel("top-1 accuracy (%)")
     ax_acc.set_title("validation (centre crop, middle frame)")

@@ -13,11 +13,15 @@ SCHEDULE_PRESETS = {"scratch": ([50_000, 70_000], 80_000), "finetune": ([14_000]
 
 
 def lr_schedule(cfg: Config) -> tuple[list[int], int]:
-    """(iterations at which the LR is divided by 10, total iterations), preset ones scaled."""
+    """(iterations at which the LR is divided by 10, total iterations): a preset's scaled by
+    ``optim.scale``, a custom schedule's as given (``optim.iterations`` says how many it wants)."""
     o = cfg.optim
-    milestones, total = (o.milestones, o.iterations) if o.schedule == "custom" else SCHEDULE_PRESETS[o.schedule]
-    total = max(1, round(total * o.scale))
-    milestones = sorted({min(total, max(1, round(m * o.scale))) for m in milestones})
+    if o.schedule == "custom":
+        milestones, total, scale = o.milestones, o.iterations, 1.0
+    else:
+        (milestones, total), scale = SCHEDULE_PRESETS[o.schedule], o.scale
+    total = max(1, round(total * scale))
+    milestones = sorted({min(total, max(1, round(m * scale))) for m in milestones})
     return [m for m in milestones if m < total], total
 
 

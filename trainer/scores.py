@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,14 +42,23 @@ class Scores:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Scores:
+        """A score file; EvaluationError in one line where it is not one, or is truncated or damaged (the
+        zip's CRC-32s catch a flipped bit; the arrays must agree in size)."""
         try:
             with np.load(path, allow_pickle=False) as f:
                 meta = json.loads(str(f["meta"]))
-                return cls(meta["dataset"], int(meta["split"]), meta["subset"], meta["stream"],
-                           [str(v) for v in f["videos"]], f["labels"].astype(np.int64),
-                           [str(c) for c in f["classes"]], f["scores"].astype(np.float32), meta["checkpoint"])
-        except (OSError, KeyError, ValueError) as exc:
-            raise EvaluationError(f"{path}: not a scores file written by trainer test ({exc})") from None
+                scores = cls(meta["dataset"], int(meta["split"]), meta["subset"], meta["stream"],
+                             [str(v) for v in f["videos"]], f["labels"].astype(np.int64),
+                             [str(c) for c in f["classes"]], f["scores"].astype(np.float32), meta["checkpoint"])
+        except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            detail = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:160]
+            raise EvaluationError(f"{path}: not a scores file written by trainer test, or damaged ({detail})") from None
+        n, c = len(scores.videos), len(scores.classes)
+        if scores.scores.shape != (n, c) or scores.labels.shape != (n,) or (n and not 0 <= scores.labels.min()
+                                                                             <= scores.labels.max() < c):
+            raise EvaluationError(f"{path}: damaged scores file ({n} videos, {c} classes, scores "
+                                  f"{scores.scores.shape}, labels {scores.labels.shape})")
+        return scores
 
 
 def scores_name(dataset: str, split: int, stream: str, subset: str) -> str:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from trainer.caffe import CAFFE_BGR_MEAN, CaffeError, read_caffemodel, read_mean_file, rgb_conv1
+from trainer.checkpoint import torch_load_problem
 from trainer.models import CNNM2048, WeightsError
 
 CNNM_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
@@ -86,7 +87,7 @@ def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets one line
-        raise WeightsError(f"{path}: not a PyTorch weights file ({type(exc).__name__}: {exc})") from None
+        raise WeightsError(f"{path}: not a PyTorch weights file ({torch_load_problem(exc)})") from None
     for key in ("model", "state_dict"):  # trainer checkpoints; many training scripts
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

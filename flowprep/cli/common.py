@@ -41,8 +41,9 @@ def fail(message: str | BaseException, code: int = 2) -> None:
 
 
 def parse_size(text: str) -> int:
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?i?b?)?\s*", text.lower())
-    if not match:
+    """Bytes of a size such as 8GB, 512 MB, 1.5GiB or 4096 (K, M, G, T are powers of 1024)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?i?b?)?\s*", text.lower())
+    if not match or float(match.group(1)) <= 0:
         raise click.BadParameter(f"{text!r} is not a size such as 8GB or 512MB")
     unit = (match.group(2) or "b").rstrip("b").rstrip("i")
     return int(float(match.group(1)) * 1024 ** " kmgt".index(unit or " "))

@@ -48,8 +48,12 @@ STREAMS = {"auto": None, "both": ("rgb", "flow"), "rgb": ("rgb",), "flow": ("flo
                    "reach (a cold cache, a network disk); with a warm cache one is fastest (bench/import.py).")
 @click.option("--shard-size", default="8GB", show_default=True,
               help="Start a new shard-NNNNN.lmdb once a shard holds this much.")
+@click.option("--no-data-check", "check_data", is_flag=True, default=True, flag_value=False,
+              help="Only read each file's JPEG header, do not decode it: faster, but JPEG data damaged in a way "
+                   "that still decodes is stored (see README).")
 def import_command(source: Path, out: Path, layout: str, rgb_tree: Path | None, streams: str, bound: float,
-                   zero_level: float, flow_algo: str, trim_rgb: bool, workers: int, shard_size: str) -> None:
+                   zero_level: float, flow_algo: str, trim_rgb: bool, workers: int, shard_size: str,
+                   check_data: bool) -> None:
     """Import frames and flow that another tool extracted as JPEG files (a folder per video) into the
     store OUT, byte for byte: no decoding, no second JPEG loss.
 
@@ -70,7 +74,8 @@ def import_command(source: Path, out: Path, layout: str, rgb_tree: Path | None, 
         fail(exc)
     report = run_with_bar(
         lambda on_start, on_progress: run_import(source, out, chosen, settings, rgb_tree, workers,
-                                                 parse_size(shard_size), on_start, on_progress, videos, trim_rgb),
+                                                 parse_size(shard_size), on_start, on_progress, videos, trim_rgb,
+                                                 check_data),
         lambda todo, skipped: (f"{todo} videos to import ({skipped} already in {out}), {chosen.name} layout, "
                                f"{' + '.join(settings.streams)}, {workers} reader(s)"), "fields", 0)
     exit_for(report)

@@ -19,10 +19,10 @@ from flowprep.datasets.synthetic import SynthConfig, write_dataset
 from flowprep.errors import UserError
 from flowprep.extract import Compute, run_extract
 from flowprep.logs import log_to_stderr
-from flowprep.storage.settings import ExtractSettings
+from flowprep.storage.settings import ExtractSettings, describe_settings
 from flowprep.storage.shard import StoreError
 from flowprep.storage.store import FlowStore
-from flowprep.verify import summarize, verify
+from flowprep.verify import refuse_while_written, summarize, verify
 from flowprep.visualize import figure
 
 DATA_ROOT_OPTION = click.option(
@@ -180,8 +180,10 @@ def _extract_settings(source: Path, out: Path | None, data_root: Path | None, gi
 
 
 def _open(out: Path, strict: bool = True) -> FlowStore:
-    """The store at OUT; ``strict=False`` (info, verify): damaged shards are reported, not fatal."""
+    """The store at OUT; ``strict=False`` (info, verify): damaged shards are reported, not fatal. A store
+    that another process is writing is refused: what it holds now is not what it will hold."""
     try:
+        refuse_while_written(out)
         store = FlowStore(out, strict=strict)
         store.videos()
         return store
@@ -197,9 +199,10 @@ def info(out: Path) -> None:
     s = summarize(store)
     try:
         settings = store.settings()
+        settings_line = describe_settings(settings, out) if settings else None
     except StoreError as exc:
         s.problems.append(str(exc))
-        settings = {}
+        settings_line = None
     click.echo(f"store       {out} ({s.shards} shard(s), {human_bytes(s.disk_bytes)} on disk)")
     click.echo(f"videos      {s.videos}")
     click.echo(f"frames      {s.frames} RGB JPEGs, {human_bytes(s.rgb_bytes)}")
@@ -208,14 +211,8 @@ def info(out: Path) -> None:
                f"({human_bytes(s.flow_bytes / max(1, s.flow_fields + s.backward_fields))} per field)")
     click.echo(f"compression {s.compression_ratio:.1f}x smaller than float32 "
                f"({human_bytes(s.float32_flow_bytes)} as float32)")
-    if "imported" in settings:
-        imported = settings["imported"]
-        click.echo(f"settings    imported {imported['layout']} files ({' + '.join(imported['streams'])}); flow: "
-                   f"{imported['flow_algo']}, ±{imported['bound']:g} px with 0 px at level {imported['zero_level']:g}")
-    elif settings:
-        click.echo(f"settings    bound {settings['bound']}, quality {settings['quality']}, "
-                   f"rgb quality {settings['rgb_quality']}, short side {settings['short_side']} px"
-                   + (", bidirectional" if settings["bidirectional"] else ""))
+    if settings_line:
+        click.echo(f"settings    {settings_line}")
     for name, count in sorted(s.algorithms.items()):
         click.echo(f"algorithm   {name}: {count} videos")
     click.echo(f"failures    {len(s.failures)}")
@@ -237,9 +234,12 @@ def verify_command(out: Path, no_decode: bool) -> None:
     stored frame size. Damaged shards or metadata are reported, and the check goes on. Exit status 1
     on any problem."""
     store = _open(out, strict=False)
-    with click.progressbar(length=store.num_records(), label="records", file=sys.stderr,
-                           show_pos=True) as bar:
-        result = verify(store, decode=not no_decode, on_record=bar.update)
+    try:
+        records = store.num_records()
+        with click.progressbar(length=records, label="records", file=sys.stderr, show_pos=True) as bar:
+            result = verify(store, decode=not no_decode, on_record=bar.update)
+    except UserError as exc:
+        fail(exc)
     videos = len(store)
     for note in result.notes:
         click.echo(f"note: {note}")
@@ -248,7 +248,7 @@ def verify_command(out: Path, no_decode: bool) -> None:
             click.echo(f"problem: {problem}")
         click.echo(f"{len(result.problems)} problem(s) in {out} ({videos} videos)")
         sys.exit(1)
-    click.echo(f"ok: {videos} videos, {store.num_records()} records in {out}")
+    click.echo(f"ok: {videos} videos, {records} records in {out}")
 
 
 @main.command()
@@ -271,8 +271,14 @@ def show(out: Path, video: str, t: int, output: Path | None) -> None:
     except UserError as exc:
         fail(exc)
     output = output or Path(f"{video.rsplit('/', 1)[-1]}-t{t}.png")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(output), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
+    if output.is_dir() or output.suffix.lower() != ".png":
+        fail(f"{output}: -o names the PNG file to write (NAME.png)")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        written = cv2.imwrite(str(output), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    except (OSError, cv2.error):
+        written = False
+    if not written:
         fail(f"{output}: cannot write the PNG")
     click.echo(f"wrote {output}")
 

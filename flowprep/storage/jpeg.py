@@ -3,12 +3,18 @@
 ``flowprep import`` keeps other tools' JPEG bytes as they are; it needs each file's size (frames and
 flow of one video must agree) and must notice a file cut short, at the speed of reading files: a
 decode costs about 100 times more than walking the markers. ``flowprep verify`` decodes every record
-afterwards.
+afterwards, with :func:`decode_strict`, which also refuses JPEG data damaged in a way that still
+decodes.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass
+
+import cv2
+import numpy as np
 
 _SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
 # start-of-frame markers (baseline, extended, progressive, lossless, arithmetic); C4, C8, CC are not
@@ -62,3 +68,64 @@ def jpeg_info(data: bytes | memoryview) -> JpegInfo:
     if not bytes(data[-2:]) == _EOI and not bytes(data).rstrip(b"\0").endswith(_EOI):
         raise JpegError("truncated JPEG (no end-of-image marker)")
     return info
+
+
+# libjpeg reports damaged entropy-coded data that it can still decode ("Corrupt JPEG data: premature
+# end of data segment", "... extraneous bytes before marker") as a warning printed on the process's
+# stderr, and OpenCV returns the image it made of it. To refuse such data, the decoder's stderr is
+# captured around each decode (a pipe in place of file descriptor 2) and a libjpeg message is an error.
+_LIBJPEG_WORDS = ("JPEG", "marker", "Huffman", "SOS", "RST", "progression")
+_capture_lock = threading.Lock()
+_pipe: dict[int, tuple[int, int]] = {}  # pid → (read end, write end); a forked child makes its own
+
+
+def _capture_pipe() -> tuple[int, int]:
+    pid = os.getpid()
+    if pid not in _pipe:
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        _pipe.clear()
+        _pipe[pid] = (read_end, write_end)
+    return _pipe[pid]
+
+
+def _drain(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_strict(data: bytes | memoryview, flags: int) -> np.ndarray:
+    """``cv2.imdecode`` of a JPEG with its damage refused: JpegError where it does not decode, and where
+    libjpeg warns that the data is corrupt although an image came out (random bytes in the middle of
+    the entropy-coded data decode to a plausible but wrong picture). Other text written to stderr
+    meanwhile (another thread's) is passed on. About 5 µs more than a plain decode."""
+    with _capture_lock:
+        read_end, write_end = _capture_pipe()
+        saved = os.dup(2)
+        os.dup2(write_end, 2)
+        try:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured = _drain(read_end)
+    warnings = []
+    if captured:
+        lines = captured.decode(errors="replace").splitlines(keepends=True)
+        warnings = [line.strip() for line in lines if any(word in line for word in _LIBJPEG_WORDS)]
+        others = "".join(line for line in lines if not any(word in line for word in _LIBJPEG_WORDS))
+        if others:
+            os.write(2, others.encode())
+    if image is None:
+        raise JpegError("does not decode" + (f" ({warnings[0]})" if warnings else ""))
+    if warnings:
+        raise JpegError(f"damaged JPEG data ({warnings[0]})")
+    return image

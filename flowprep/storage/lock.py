@@ -37,19 +37,43 @@ class FolderBusyError(UserError):
 
 
 def _holder(fd: int) -> str:
+    """Who holds a lock, from its file: "flowprep extract (pid 12: flowprep extract a b)". The file holds
+    the pid, the kind of writer and the command line, a line each (files of older versions: no kind)."""
     try:
-        text = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        lines = os.pread(fd, 4096, 0).decode(errors="replace").strip().splitlines()
     except OSError:
-        return "another process"
-    pid, _, command = text.partition("\n")
-    if not pid.isdigit():
-        return "another process"
-    return f"pid {pid}" + (f": {command}" if command else "")
+        return "process"
+    if not lines or not lines[0].isdigit():
+        return "process"
+    pid, rest = lines[0], lines[1:]
+    what, command = (rest[0], rest[1]) if len(rest) > 1 else ("process", "".join(rest))
+    return f"{what} (pid {pid}" + (f": {command}" if command else "") + ")"
+
+
+def lock_holder(folder: str | os.PathLike) -> str | None:
+    """Who holds ``folder``'s lock now (see :func:`_holder`), or None where nobody does. Only looks:
+    never creates the lock file (a reader may not be allowed to write the folder)."""
+    try:
+        fd = os.open(Path(folder) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(fd)
+    except OSError:
+        return None
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 class FolderLock:
-    """Hold ``folder``'s lock until :meth:`release` (or exit). ``what`` names the kind of writer in the
-    refusal (``flowprep extract``, ``trainer fit``)."""
+    """Hold ``folder``'s lock until :meth:`release` (or exit). ``what`` names the kind of writer
+    (``flowprep extract``, ``trainer fit``); it goes into the lock file, so a process refused names the
+    holder's kind, not its own."""
 
     def __init__(self, folder: str | os.PathLike, what: str):
         self.folder = Path(folder)
@@ -62,12 +86,12 @@ class FolderLock:
             holder = _holder(self._fd)
             os.close(self._fd)
             self._fd = None
-            raise FolderBusyError(f"{self.folder}: in use by another {what} ({holder}); wait for it to end or "
-                                  "stop it, or use another folder") from None
+            raise FolderBusyError(f"{self.folder}: in use by another {holder}; wait for it to end or stop it, or "
+                                  "use another folder") from None
         _HELD.add(self._fd)
         command = " ".join(sys.argv)[:300].replace("\n", " ")
         os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"{os.getpid()}\n{command}\n".encode(), 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n{what}\n{command}\n".encode(), 0)
 
     @property
     def held(self) -> bool:

@@ -41,6 +41,8 @@ class ExtractSettings:
 
     def __post_init__(self) -> None:
         check_algo(self.algo)
+        if not isinstance(self.flow_params, dict):
+            raise SettingError("flow_params", "must be a mapping of parameter names to values", self.flow_params)
         object.__setattr__(self, "bound", _bound("bound", self.bound))
         for name in ("quality", "rgb_quality"):
             if not 1 <= int(getattr(self, name)) <= 100:
@@ -84,6 +86,22 @@ def _bound(setting: str, value: object) -> float | str:
         return parse_bound(value)
     except ValueError as exc:
         raise SettingError(setting, str(exc).removeprefix("bound ")) from None
+
+
+def describe_settings(settings: dict, where: Path) -> str:
+    """The store's settings (the contents of ``OUT/flowprep.json``) in one line; StoreError naming the file
+    where they are not settings (valid JSON of another shape)."""
+    try:
+        if "imported" in settings:
+            s = ImportSettings(**settings["imported"])
+            return (f"imported {s.layout} files ({' + '.join(s.streams)}); flow: {s.flow_algo}, ±{s.bound:g} px "
+                    f"with 0 px at level {s.zero_level:g}")
+        e = ExtractSettings(**settings)
+        return (f"bound {e.bound}, quality {e.quality}, rgb quality {e.rgb_quality}, short side {e.short_side} px"
+                + (", bidirectional" if e.bidirectional else ""))
+    except (TypeError, ValueError, KeyError) as exc:
+        raise StoreError(f"{where / SETTINGS_FILE}: damaged settings file ({exc}); delete it so that it is "
+                         "rebuilt from the videos' metadata") from None
 
 
 def video_settings(meta: VideoMeta) -> dict:
@@ -174,6 +192,7 @@ def check_settings(out: Path, settings: ExtractSettings | ImportSettings, metas:
     if path.exists():
         try:
             have = read_json(path, "settings file")
+            describe_settings(have, out)
             if "imported" not in have:
                 have = {**ExtractSettings().to_dict(), **have}
                 have["bound"] = parse_bound(have["bound"])

@@ -16,9 +16,11 @@ from pathlib import Path
 import lmdb
 
 from flowprep.errors import UserError
+from flowprep.storage.lock import lock_holder
 
 SHARD_GLOB = "shard-*.lmdb"
 _MAX_DBS = 4
+MAX_KEY_BYTES = 511
 _INITIAL_MAP = 256 << 20
 
 
@@ -42,6 +44,28 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.lmdb"
 
 
+def id_problem(video: str) -> str | None:
+    """Why ``video`` cannot be a video id (None: it can). Ids become paths (``flowprep export`` writes
+    OUT/<id>/...): they must be relative, '/'-separated names with no empty, '.' or '..' part, no
+    backslash and no NUL, so that no id reaches outside the folder it is written into."""
+    if not video:
+        return "an empty id"
+    if "\0" in video or "\\" in video:
+        return "a NUL or backslash in the id"
+    if video.startswith("/"):
+        return "an absolute path"
+    if any(part in ("", ".", "..") for part in video.split("/")):
+        return "an empty, '.' or '..' part"
+    return None
+
+
+def key_length_problem(video: str) -> str | None:
+    """Why ``video``'s record keys would not fit LMDB's key size (None: they fit)."""
+    if len(record_key(video, "flow", 0)) > MAX_KEY_BYTES:
+        return f"too long for an LMDB key ({MAX_KEY_BYTES} bytes)"
+    return None
+
+
 def record_key(video: str, kind: str, t: int) -> bytes:
     """The data key of record t of ``kind`` ("rgb", "flow" or "back") of ``video``."""
     return f"{video}/{kind}/{t:06d}".encode()
@@ -63,9 +87,19 @@ def lmdb_errors(shard: Path, video: str | None = None) -> Iterator[None]:
     try:
         yield
     except lmdb.Error as exc:
-        where = f"{shard}" + (f" (video {video})" if video else "")
-        raise StoreError(f"{where}: damaged LMDB shard ({type(exc).__name__}: {exc}); "
-                         "restore it from a copy or extract its videos again") from None
+        raise StoreError(damage_message(shard, exc, video)) from None
+
+
+def damage_message(shard: Path, exc: Exception, video: str | None = None, what: str = "damaged LMDB shard") -> str:
+    """What an LMDB failure reading ``shard`` means: the store is being written by another process
+    (its lock is held: what looks like damage is a write in progress), or the shard is damaged."""
+    holder = lock_holder(shard.parent)
+    if holder is not None:
+        return (f"{shard.parent}: being written by {holder}; read or verify it when that run has ended "
+                f"({type(exc).__name__})")
+    where = f"{shard}" + (f" (video {video})" if video else "")
+    return (f"{where}: {what} ({type(exc).__name__}: {exc}); "
+            "restore it from a copy or extract its videos again")
 
 
 def _check_file_size(env: lmdb.Environment, path: Path) -> None:
@@ -115,8 +149,7 @@ def open_env(path: Path, write: bool = False, readahead: bool = True) -> tuple[l
             env = lmdb.open(key, readonly=True, lock=False, max_dbs=_MAX_DBS, subdir=True,
                             readahead=readahead, meminit=False)
         except lmdb.Error as exc:
-            raise StoreError(f"{path}: cannot open LMDB shard ({type(exc).__name__}: {exc}); "
-                             "restore it from a copy or extract its videos again") from None
+            raise StoreError(damage_message(path, exc, what="cannot open LMDB shard")) from None
         _check_file_size(env, path)
         try:
             dbs = {name: env.open_db(name, create=False) for name in (b"meta", b"data")}
@@ -125,8 +158,7 @@ def open_env(path: Path, write: bool = False, readahead: bool = True) -> tuple[l
             raise EmptyShardError(f"{path}: no video was ever committed to this shard") from None
         except lmdb.Error as exc:
             env.close()
-            raise StoreError(f"{path}: damaged LMDB shard ({type(exc).__name__}: {exc}); "
-                             "restore it from a copy or extract its videos again") from None
+            raise StoreError(damage_message(path, exc)) from None
     _ENVS[key] = (os.getpid(), mode, env, dbs)
     return env, dbs
 

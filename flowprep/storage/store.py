@@ -50,6 +50,7 @@ from flowprep.storage.shard import (
     MissingRecordError,
     StoreError,
     close_env,
+    id_problem,
     lmdb_errors,
     no_space_message,
     open_env,
@@ -60,7 +61,6 @@ from flowprep.storage.shard import (
 SETTINGS_FILE = "flowprep.json"
 FAILURES_FILE = "failures.json"
 KINDS = ("rgb", "flow", "back")
-MAX_KEY_BYTES = 511
 
 
 class ShardWriter:
@@ -113,6 +113,10 @@ class ShardWriter:
         writing a video. Metadata is a :class:`VideoMeta`, or a plain dict stored as it is."""
         if not videos:
             return
+        for video, _, _ in videos:
+            problem = id_problem(video)
+            if problem:
+                raise StoreError(f"video id {video!r}: {problem}; ids are paths inside the store's folder")
         payload = sum(len(k) + len(v) for _, records, _ in videos for k, v in records)
         env, dbs = open_env(self.shard_path, write=True)
         with env.begin() as txn:
@@ -314,6 +318,13 @@ class FlowStore:
                 out.append(value)
         return out
 
+    def raw_record(self, shard: int, key: bytes) -> bytes | None:
+        """One data record of a shard by key, unchecked (None: no such key); for checks that read around a
+        damaged page."""
+        env, dbs = self._env(shard)
+        with lmdb_errors(self.shards[shard]), env.begin(db=dbs[b"data"]) as txn:
+            return txn.get(key)
+
     def rgb(self, video: str, t: int) -> np.ndarray:
         """Frame t (0-based) as RGB uint8 H×W×3."""
         return decode_records(self, video, "rgb", [t], decode_rgb)[0]
@@ -381,14 +392,25 @@ def parse_video_meta(shard: Path, root: Path, key: bytes, value: bytes | memoryv
 
 
 def read_json(path: Path, what: str) -> dict:
-    """A store's JSON file ({} if it is missing); a damaged one is a StoreError naming it."""
+    """A store's JSON file, a JSON object ({} if it is missing); a damaged one (not JSON, not UTF-8, or JSON
+    of another shape) is a StoreError naming it."""
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
         raise StoreError(f"{path}: damaged {what} ({exc})") from None
+    if not isinstance(obj, dict):
+        raise StoreError(f"{path}: damaged {what} (a JSON {type(obj).__name__}, not an object)")
+    return obj
 
 
 def read_failures(root: str | os.PathLike) -> dict[str, dict]:
-    return read_json(Path(root) / FAILURES_FILE, "failure list")
+    """Failed videos by id: {"path": ..., "reason": ...} (``OUT/failures.json``)."""
+    path = Path(root) / FAILURES_FILE
+    failures = read_json(path, "failure list")
+    for video, entry in failures.items():
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("path", "reason")):
+            raise StoreError(f"{path}: damaged failure list (the entry of {video!r} is not {{path, reason}}); "
+                             "delete it: the next run lists its failures again")
+    return failures
