@@ -11,7 +11,7 @@ WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 DATASET ?= synthetic
 # Data root of the pipeline files: TWOSTREAM_DATA=/big/disk make flow DATASET=ucf101
 
-.PHONY: install test lint data flow demo evaluate reproduce bench clean
+.PHONY: install test lint data flow demo evaluate reproduce bench clean gpu-check gpu-wheels
 
 install: $(STAMP)
 
@@ -107,6 +107,23 @@ bench: $(STAMP)
 	$(BIN)/python bench/import.py
 	$(BIN)/python bench/feed.py
 	$(BIN)/python bench/zero_level.py
+
+# Every GPU figure from one command, on a CUDA host with the wheels of `make gpu-wheels` in .whl/ (the
+# host reaches no registry): reports in OUT/gpu-check.json and OUT/gpu-check.md (README: Running on a GPU).
+# DRY_RUN=1 rehearses every step at a tiny size on this machine's CPU (make test does).
+OUT ?= gpu-check
+DRY_RUN ?=
+gpu-check:
+ifeq ($(DRY_RUN),1)
+	$(MAKE) install
+	$(BIN)/python bench/gpu_check.py --out $(OUT) --dry-run
+else
+	python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu-check-site .whl/*.whl
+	PYTHONPATH=/tmp/gpu-check-site python3 bench/gpu_check.py --out $(OUT)
+endif
+
+gpu-wheels: $(STAMP)
+	PYTHON=$(BIN)/python bench/gpu_wheels.sh
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
