@@ -1,6 +1,6 @@
 """Crops, flips and colour jitter of float C×H×W inputs (the trajectory-stacking path, and tests'
 reference computations); inputs built from 8-bit planes cut the same regions in
-:class:`trainer.inputs.LevelPlanes` and :mod:`trainer.encoded`."""
+:class:`trainer.planes.LevelPlanes` and :mod:`trainer.encoded`."""
 
 from __future__ import annotations
 

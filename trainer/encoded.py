@@ -5,7 +5,7 @@ bench/loader.py) and hands over 8-bit crops. Here the worker only reads the reco
 transaction, no decoding) and draws the crop, flip and jitter; it hands over the JPEG bytes and
 a plan (:class:`EncodedInput`). The training process decodes the whole batch's JPEGs in one call of
 torchvision's ``decode_jpeg`` on its device (nvJPEG on a GPU) and applies the plan with tensor ops:
-the same affine-per-channel steps as :class:`trainer.inputs.LevelPlanes` — dequantisation, each
+the same affine-per-channel steps as :class:`trainer.planes.LevelPlanes` — dequantisation, each
 field's mean subtracted (from its decoded levels), enlarging a frame smaller than the crop, crops,
 mirroring with dx negated, normalisation. The result equals the CPU path's to within the decoders'
 rounding (both are libjpeg-turbo on a CPU: identical; an enlarged frame: 1 level).
@@ -58,7 +58,7 @@ class EncodedBatch(list):
 
 def enlarged_size(size: tuple[int, int], crop: int) -> tuple[tuple[int, int] | None, float]:
     """((height, width) or None, factor): the planes' size once the smaller side is at least ``crop``,
-    as :meth:`trainer.inputs.LevelPlanes.enlarged` computes it."""
+    as :meth:`trainer.planes.LevelPlanes.enlarged` computes it."""
     h, w = size
     if min(h, w) >= crop:
         return None, 1.0
