@@ -79,6 +79,14 @@ _capture_lock = threading.Lock()
 _pipe: dict[int, tuple[int, int]] = {}  # pid → (read end, write end); a forked child makes its own
 
 
+def _new_lock_in_child() -> None:
+    global _capture_lock
+    _capture_lock = threading.Lock()  # a fork while another thread decoded must not leave it held
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
 def _capture_pipe() -> tuple[int, int]:
     pid = os.getpid()
     if pid not in _pipe:
