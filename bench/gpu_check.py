@@ -83,10 +83,11 @@ def run_step(name: str, out: Path, dry_run: bool) -> dict:
                               env=python_env())
         status = "ok" if done.returncode == 0 else "failed"
         text = done.stdout + done.stderr
-    except subprocess.TimeoutExpired as exc:
+    except subprocess.TimeoutExpired as exc:  # its output comes as bytes whatever text= said
         status = "failed"
-        text = f"{exc.stdout or ''}{exc.stderr or ''}\nkilled at its time limit of {STEP_SECONDS[name]} s"
-        text = text if isinstance(text, str) else text.decode(errors="replace")
+        text = "".join(part.decode(errors="replace") if isinstance(part, bytes) else part
+                       for part in (exc.stdout or "", exc.stderr or ""))
+        text += f"\nkilled at its time limit of {STEP_SECONDS[name]} s"
     figures = {}
     for line in text.splitlines():
         if line.startswith(FIGURES):

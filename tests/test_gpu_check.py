@@ -10,7 +10,8 @@ from pathlib import Path
 from test_trainer_fit import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
-from gpu_check import STEP_SECONDS, missing_on_host  # noqa: E402
+import gpu_check  # noqa: E402
+from gpu_check import STEP_SECONDS, missing_on_host, run_step  # noqa: E402
 
 
 def test_the_dry_run_writes_both_reports_with_every_step(tmp_path: Path) -> None:
@@ -42,3 +43,15 @@ def test_the_host_lacks_exactly_lmdb_and_the_plan_fits_eight_minutes() -> None:
     from gpu_check import INSTALL_SECONDS
 
     assert sum(STEP_SECONDS.values()) + INSTALL_SECONDS <= 480
+
+
+def test_a_step_past_its_time_limit_is_a_failure_with_its_last_lines(tmp_path: Path) -> None:
+    saved = gpu_check.STEP_SECONDS["train"]
+    gpu_check.STEP_SECONDS["train"] = 3
+    try:
+        step = run_step("train", tmp_path, dry_run=True)
+    finally:
+        gpu_check.STEP_SECONDS["train"] = saved
+    assert step["status"] == "failed" and step["budget_s"] == 3
+    assert step["tail"][-1] == "killed at its time limit of 3 s"
+    assert not any(line.startswith(("b'", 'b"')) for line in step["tail"]), "output shown as text, not bytes' repr"
