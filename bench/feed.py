@@ -67,7 +67,7 @@ def make_store(root: Path) -> Path:
 
 
 def entries(store: FlowStore) -> list[VideoEntry]:
-    return [VideoEntry.of(meta, 0) for meta in store.iter_video_meta()]
+    return [VideoEntry.of(meta.video, meta, 0) for meta in store.iter_video_meta()]
 
 
 def compute_rate(stream: str, batch: int, width: float, steps: int, device: torch.device) -> float:

@@ -1,3 +1,3 @@
 """flowprep: batch optical flow for video datasets, stored as JPEG-compressed LMDB shards."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

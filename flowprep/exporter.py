@@ -26,8 +26,8 @@ import numpy as np
 from flowprep.layouts import Layout
 from flowprep.storage.atomic import write_json_atomic
 from flowprep.storage.codec import LINEAR, RecordError, flow_levels, level_values, linear_range, unpack_flow_record
+from flowprep.storage.index import IndexEntry
 from flowprep.storage.lock import FolderBusyError, FolderLock
-from flowprep.storage.meta import VideoMeta
 from flowprep.storage.shard import StoreError, id_problem
 from flowprep.storage.store import FlowStore, read_json
 
@@ -83,7 +83,7 @@ def _target_levels(record: memoryview, lo: float, hi: float, quality: int) -> tu
     return out[0], out[1], True
 
 
-def _write_video(store: FlowStore, video: str, meta: VideoMeta, layout: Layout, staging: Path, lo: float, hi: float,
+def _write_video(store: FlowStore, video: str, meta: IndexEntry, layout: Layout, staging: Path, lo: float, hi: float,
                  quality: int, report: ExportReport) -> dict[str, Path]:
     """Write one video's files under ``staging``, one folder per final folder; {role: staged folder}."""
     streams = meta.streams
@@ -118,7 +118,7 @@ def _claim_folder(out: Path, settings: dict) -> None:
     write_json_atomic(out / EXPORT_FILE, settings)
 
 
-def _placed(out: Path, layout: Layout, video: str, meta: VideoMeta) -> dict[Path, list[str]]:
+def _placed(out: Path, layout: Layout, video: str, meta: IndexEntry) -> dict[Path, list[str]]:
     """Each final folder of one video and its files there, in the order they are moved in (a folder
     may hold other videos' folders too: ids A and A/B)."""
     counts = {"rgb": meta.num_frames, "x": meta.num_flows, "y": meta.num_flows}
@@ -136,7 +136,7 @@ def _check_inside(out: Path, placed: dict[Path, list[str]], video: str) -> None:
             raise StoreError(f"{folder}: outside {out}; refusing to export video {video!r} there")
 
 
-def _to_do(out: Path, layout: Layout, metas: dict[str, VideoMeta], report: ExportReport) -> list[str]:
+def _to_do(out: Path, layout: Layout, metas: dict[str, IndexEntry], report: ExportReport) -> list[str]:
     """The videos not exported yet (``report.skipped`` counts the others): a video is exported when the
     last of its files is in each of its folders. The files of a video whose export a killed run left
     half done are removed (its own files only: another video's folder inside its folder stays)."""
@@ -154,7 +154,7 @@ def _to_do(out: Path, layout: Layout, metas: dict[str, VideoMeta], report: Expor
     return todo
 
 
-def _move_into_place(staged: dict[str, Path], out: Path, layout: Layout, video: str, meta: VideoMeta) -> None:
+def _move_into_place(staged: dict[str, Path], out: Path, layout: Layout, video: str, meta: IndexEntry) -> None:
     """Rename each staged folder to its final folder; where the final folder exists already (it holds
     another video's folder: ids A and A/B), move the files one by one, the last one last."""
     placed = _placed(out, layout, video, meta)
@@ -205,7 +205,7 @@ def run_export(store_path: str | os.PathLike, out: str | os.PathLike, layout: La
         _claim_folder(out, settings)
         staging_root = out / _STAGING
         shutil.rmtree(staging_root, ignore_errors=True)
-        metas = {video: store.video_meta(video) for video in wanted}
+        metas = {video: store.entry(video) for video in wanted}  # counts and streams: 28 bytes each
         todo = _to_do(out, layout, metas, report)
         if on_start is not None:
             on_start(len(todo), report.skipped)

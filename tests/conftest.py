@@ -82,6 +82,57 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def to_pre_index_format(shard: Path, checksums: bool = True) -> None:
+    """Rewrite a shard as flowprep 0.1 wrote it (tests of old stores): no ``index`` and ``crc`` databases,
+    the checksums (``checksums``) as the ``crc32`` hex table of each video's metadata, or none at all."""
+    import json
+
+    import lmdb
+
+    from flowprep.storage.index import unpack_checksums
+    from flowprep.storage.shard import close_env
+
+    close_env(shard)
+    env = lmdb.open(str(shard), max_dbs=4)
+    with env.begin(write=True) as txn:
+        meta_db, crc_db, index_db = (env.open_db(name, txn=txn) for name in (b"meta", b"crc", b"index"))
+        for video, value in list(txn.cursor(db=meta_db)):
+            meta = {k: v for k, v in json.loads(value).items() if k != "crc32"}
+            crc = txn.get(video, db=crc_db)
+            if checksums and crc is not None:
+                meta["crc32"] = {k: a.astype(">u4").tobytes().hex() for k, a in unpack_checksums(crc).items()}
+            txn.put(video, json.dumps(meta, sort_keys=True).encode(), db=meta_db)
+        txn.drop(crc_db, delete=True)
+        txn.drop(index_db, delete=True)
+    env.close()
+
+
+def rewrite_checksums(shard: Path, video: str) -> None:
+    """Store the checksums of ``video``'s records as they are now (damage made where a store was made, so
+    its checksums match)."""
+    import lmdb
+
+    from flowprep.storage.checksum import record_crcs
+    from flowprep.storage.index import pack_checksums
+    from flowprep.storage.shard import close_env
+
+    close_env(shard)
+    env = lmdb.open(str(shard), max_dbs=4)
+    with env.begin(write=True) as txn:
+        data, crc = env.open_db(b"data", txn=txn), env.open_db(b"crc", txn=txn)
+        cursor = txn.cursor(db=data)
+        prefix = f"{video}/".encode()
+        records = []
+        if cursor.set_range(prefix):
+            for key, value in cursor:
+                if not key.startswith(prefix):
+                    break
+                if key.count(b"/") == video.count("/") + 2:
+                    records.append((key, value))
+        txn.put(video.encode(), pack_checksums(record_crcs(records)), db=crc)
+    env.close()
+
+
 def write_config(tiny: Path, tmp_path: Path, stream: str = "temporal", iterations: int = 12,
                  datasets: tuple[str, ...] = ("a",), **sections: dict) -> Path:
     cfg = {

@@ -37,7 +37,7 @@ def test_torch_brox_on_the_gpu_matches_the_cpu() -> None:
 def test_inputs_decoded_on_the_gpu_equal_the_cpu_path(tiny: Path, stream: str) -> None:
     store = FlowStore(tiny / "a" / "flow")
     meta = store.video_meta(store.videos()[0])
-    entry = VideoEntry.of(meta, 0)
+    entry = VideoEntry.of(meta.video, meta, 0)
     cpu_spec = InputSpec(stream, 4, "optical_flow", False, True, 64, True, 0.0, (0.5,) * 3, (0.25,) * 3, 1.0, "cpu")
     gpu_spec = InputSpec(stream, 4, "optical_flow", False, True, 64, True, 0.0, (0.5,) * 3, (0.25,) * 3, 1.0, "device")
     from trainer.encoded import collate

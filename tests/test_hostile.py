@@ -15,10 +15,11 @@ import zipfile
 from pathlib import Path
 
 import cv2
+import lmdb
 import numpy as np
 import pytest
 import torch
-from conftest import write_config, write_video
+from conftest import rewrite_checksums, to_pre_index_format, write_config, write_video
 from test_cli import FAST, flowprep
 from test_import import build_tree
 from test_store_faults import _damaged_btree_page, _in_small_filesystem, edit_shard
@@ -159,7 +160,6 @@ def test_damaged_jpeg_data_is_refused_by_import_verify_and_training(tiny: Path, 
     shard = store / "flow" / "shard-00000.lmdb"
 
     def damage(txn, data, meta) -> None:
-        from flowprep.storage.checksum import record_checksums
         from flowprep.storage.codec import pack_flow_jpegs, unpack_flow_record
 
         value = json.loads(txn.get(video.encode(), db=meta))
@@ -170,10 +170,9 @@ def test_damaged_jpeg_data_is_refused_by_import_verify_and_training(tiny: Path, 
                             pack_flow_jpegs(damage_entropy_data(bytes(jx), t), bytes(jy), lo, hi)))
         for key, record in records:
             txn.put(key, record, db=data)
-        value["crc32"]["flow"] = record_checksums(records)["flow"]
-        txn.put(video.encode(), json.dumps(value).encode(), db=meta)
 
     edit_shard(shard, damage)
+    rewrite_checksums(shard, video)
     config = write_config(tiny, tmp_path, iterations=40, train={"log_every": 40, "val_every": 0,
                                                                "checkpoint_every": 40})
     text = config.read_text().replace(str(tiny / "a"), str(store))
@@ -324,6 +323,20 @@ def test_damaged_metadata_and_json_files_are_one_line(video_dir: Path, tmp_path:
     assert verify.returncode == 1 and f"metadata of video '{video}' is damaged ('num_flows' is '7'" in verify.stdout
     config = write_config(tiny, tmp_path, iterations=2)
     config.write_text(config.read_text().replace(str(tiny / "a"), str(copy)))
+    # training reads counts from the index, which has its own CRC-32: a flipped bit in it is one line
+    shard = copy / "flow" / "shard-00000.lmdb"
+    close_env(shard)
+    env = lmdb.open(str(shard), max_dbs=4)
+    with env.begin(write=True) as txn:
+        index = env.open_db(b"index", txn=txn)
+        entry = bytearray(txn.get(video.encode(), db=index))
+        entry[8] ^= 0x04  # a bit of the number of flow fields
+        txn.put(video.encode(), bytes(entry), db=index)
+    env.close()
+    assert f"index entry of video '{video}' is damaged (index entry fails its CRC-32)" in error_line(
+        trainer("fit", config))
+    # a store written before the index: training reads the metadata, and its damage is one line
+    to_pre_index_format(shard)
     assert f"metadata of video '{video}' is damaged" in error_line(trainer("fit", config))
 
 

@@ -3,7 +3,6 @@ unreadable checkpoints, predict's flow implementation."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_config
+from conftest import to_pre_index_format, write_config
 from test_store_faults import edit_shard, flip
 from test_trainer_fit import REPO, trainer
 
@@ -89,13 +88,13 @@ def test_fit_on_damaged_records_names_dataset_video_and_record(tiny: Path, tmp_p
     assert line.startswith("error: dataset a: ") and ": flow record " in line and "CRC-32 mismatch" in line
     assert line.endswith(f"`flowprep verify {store}` lists every damaged record")
 
-    def undecodable_and_unchecked(txn, records, meta) -> None:  # a store written before checksums
-        for video, value in list(txn.cursor(db=meta)):
-            txn.put(video, json.dumps({k: v for k, v in json.loads(value).items() if k != "crc32"}).encode(), db=meta)
+    def undecodable(txn, records, meta) -> None:
+        for video in list(txn.cursor(db=meta).iternext(values=False)):
             key = record_key(video.decode(), "flow", 0)
             txn.put(key, txn.get(key, db=records)[:200], db=records)
 
-    edit_shard(store / "shard-00000.lmdb", undecodable_and_unchecked)
+    to_pre_index_format(store / "shard-00000.lmdb", checksums=False)  # a store written before checksums
+    edit_shard(store / "shard-00000.lmdb", undecodable)
     result = trainer("fit", config, "--set", "data.flow_stack=1")
     line = one_line(result)
     assert result.returncode == 2 and line.startswith("error: dataset a: ") and ": flow record 0 in " in line

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import lmdb
 import pytest
-from conftest import write_video
+from conftest import to_pre_index_format, write_video
 from test_cli import FAST, flowprep
 
 from flowprep.storage.lock import LOCK_FILE
@@ -143,11 +143,7 @@ def test_checksums_catch_payload_corruption(store: Path) -> None:
     assert reader.flow("clip_a", 3).shape == (120, 160, 2)
     reader.close()
 
-    def forget_checksums(txn, data, meta) -> None:  # a store written before checksums
-        for video, value in list(txn.cursor(db=meta)):
-            txn.put(video, json.dumps({k: v for k, v in json.loads(value).items() if k != "crc32"}).encode(), db=meta)
-
-    edit_shard(shard, forget_checksums)
+    to_pre_index_format(shard, checksums=False)  # a store written before checksums
     old = flowprep("verify", store, "--no-decode")
     assert old.returncode == 0 and "note: 3 of 3 videos have no checksums" in old.stdout
     # without checksums the damage is still found where it breaks the JPEG data (strict decoding, issue 26)

@@ -17,14 +17,13 @@ import torch
 from flowprep.datasets.pipeline import load_pipeline
 from flowprep.datasets.splits import match_videos, read_split
 from flowprep.errors import UserError
-from flowprep.storage.meta import VideoMeta
 from flowprep.storage.shard import StoreError
 from flowprep.storage.store import FlowStore
 from trainer.checkpoint import StoreFlow
 from trainer.config import Config
 from trainer.inputs import InputSpec
 from trainer.planes import PackedInput
-from trainer.volumes import VideoEntry
+from trainer.volumes import VideoEntries
 
 
 class DataError(UserError):
@@ -44,18 +43,22 @@ class TrainingSet:
     name: str
     store: FlowStore
     classes: list[str]
-    train: list[VideoEntry]
-    test: list[VideoEntry]
+    train: VideoEntries  # a list of VideoEntry is made one
+    test: VideoEntries
     missing: int = 0
     missing_report: str = ""
     flow_meta: StoreFlow = field(default_factory=StoreFlow)  # how the store's records were made (for prediction)
-    train_by_class: list[list[int]] = field(default_factory=list)
+    train_by_class: list[np.ndarray] = field(default_factory=list)  # indices into train, per class
 
     def __post_init__(self) -> None:
-        self.train_by_class = [[] for _ in self.classes]
-        for i, entry in enumerate(self.train):
-            self.train_by_class[entry.label].append(i)
-        self.sampled_classes = [c for c, videos in enumerate(self.train_by_class) if videos]
+        self.train, self.test = (videos if isinstance(videos, VideoEntries) else
+                                 VideoEntries.build((e.video, e.label, e) for e in videos)
+                                 for videos in (self.train, self.test))
+        labels = self.train.labels
+        order = np.argsort(labels, kind="stable").astype(np.int32)  # 4 bytes a video, not an int object
+        bounds = np.searchsorted(labels[order], np.arange(len(self.classes) + 1))
+        self.train_by_class = [order[bounds[c]:bounds[c + 1]] for c in range(len(self.classes))]
+        self.sampled_classes = [c for c, videos in enumerate(self.train_by_class) if len(videos)]
 
 
 def open_datasets(cfg: Config) -> list[TrainingSet]:
@@ -75,36 +78,35 @@ def open_datasets(cfg: Config) -> list[TrainingSet]:
         store = FlowStore(store_path, readahead=cfg.data.stream == "temporal")  # runs of fields vs single frames
         split = read_split(split_format, splits, cfg.data.split)
         try:
+            _check_streams(ds.name, store_path, cfg.data.stream, store)
             matched = match_videos(split, store.videos())
-            metas = {m.video: m for m in store.iter_video_meta()}
+            train, test = (VideoEntries.build((v.video, v.label, store.entry(v.video)) for v in videos)
+                           for videos in (matched.split.train, matched.split.test))
         except StoreError as exc:
             raise damaged(ds.name, store, exc) from None
-
-        _check_streams(ds.name, store_path, cfg.data.stream, metas)
-        train, test = (
-            [VideoEntry.of(metas[v.video], v.label) for v in videos]
-            for videos in (matched.split.train, matched.split.test)
-        )
         if not train:
             raise DataError(f"dataset {ds.name}: {matched.report(str(store_path))}; no training video left")
         if cfg.data.stream == "temporal" and cfg.data.bidirectional and any(e.num_backward == 0 for e in train):
             raise DataError(f"dataset {ds.name}: data.bidirectional needs backward flow, but {store_path} was "
                             "extracted without --bidirectional")
-        first = metas[train[0].video]
+        try:
+            first = store.video_meta(train[0].video)
+        except StoreError as exc:
+            raise damaged(ds.name, store, exc) from None
         out.append(TrainingSet(ds.name, store, split.classes, train, test, len(matched.missing),
                                matched.report(str(store_path)) if matched.missing else "",
                                StoreFlow.of(first)))
     return out
 
 
-def _check_streams(dataset: str, store_path: str, stream: str, metas: dict[str, VideoMeta]) -> None:
+def _check_streams(dataset: str, store_path: str, stream: str, store: FlowStore) -> None:
     """Refuse a stream the store lacks (an imported RGB-only or flow-only store) in one line."""
     need = "rgb" if stream == "spatial" else "flow"
-    lacking = [video for video, meta in metas.items() if not meta.has(need)]
+    lacking, first = store.count_without(need)
     if lacking:
-        held = " + ".join(metas[lacking[0]].streams) or "nothing"
+        held = " + ".join(store.entry(first).streams) or "nothing"
         raise DataError(f"dataset {dataset}: {store_path} holds no {'RGB frames' if need == 'rgb' else 'flow'} "
-                        f"({len(lacking)} of {len(metas)} videos have {held} only, e.g. {lacking[0]}); a {stream} "
+                        f"({lacking} of {len(store)} videos have {held} only, e.g. {first}); a {stream} "
                         f"net needs {'them' if need == 'rgb' else 'it'}: import {'them' if need == 'rgb' else 'it'} "
                         "too, or train the other stream")
 
@@ -132,7 +134,7 @@ def batch_items(step: int, seed: int, datasets: Sequence[TrainingSet], batch_siz
     for pick, r, s in zip(picks, rng.random(batch_size), rng.integers(0, 2**62, batch_size), strict=True):
         d, c = classes[pick]
         videos = datasets[d].train_by_class[c]
-        items.append(Item(d, videos[int(r * len(videos))], int(s)))
+        items.append(Item(d, int(videos[int(r * len(videos))]), int(s)))
     return items
 
 

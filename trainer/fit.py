@@ -153,7 +153,7 @@ def describe_datasets(datasets: list[TrainingSet], cfg: Config) -> None:
     for ds in datasets:
         log.info(f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test videos, {len(ds.classes)} classes"
                  + (f"; {ds.missing_report}" if ds.missing_report else ""))
-        unsampled = [ds.classes[c] for c, videos in enumerate(ds.train_by_class) if not videos]
+        unsampled = [ds.classes[c] for c, videos in enumerate(ds.train_by_class) if not len(videos)]
         if unsampled:
             log.info(f"warning: {ds.name}: {len(unsampled)} class(es) have no training video and are never trained "
                      f"on: {', '.join(unsampled[:5])}{', ...' if len(unsampled) > 5 else ''}")

@@ -8,6 +8,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import click
+import numpy as np
 
 from flowprep.algorithms.registry import ALGORITHMS
 from flowprep.cli.common import exit_for, fail, human_bytes, parse_size, run_with_bar
@@ -51,9 +52,11 @@ STREAMS = {"auto": None, "both": ("rgb", "flow"), "rgb": ("rgb",), "flow": ("flo
 @click.option("--no-data-check", "check_data", is_flag=True, default=True, flag_value=False,
               help="Only read each file's JPEG header, do not decode it: faster, but JPEG data damaged in a way "
                    "that still decodes is stored (see README).")
+@click.option("--no-content-check", "content_check", is_flag=True, default=True, flag_value=False,
+              help="Skip the check, after the import, that the flow of 5 sampled videos explains their frames.")
 def import_command(source: Path, out: Path, layout: str, rgb_tree: Path | None, streams: str, bound: float,
                    zero_level: float, flow_algo: str, trim_rgb: bool, workers: int, shard_size: str,
-                   check_data: bool) -> None:
+                   check_data: bool, content_check: bool) -> None:
     """Import frames and flow that another tool extracted as JPEG files (a folder per video) into the
     store OUT, byte for byte: no decoding, no second JPEG loss.
 
@@ -78,7 +81,35 @@ def import_command(source: Path, out: Path, layout: str, rgb_tree: Path | None, 
                                                  check_data),
         lambda todo, skipped: (f"{todo} videos to import ({skipped} already in {out}), {chosen.name} layout, "
                                f"{' + '.join(settings.streams)}, {workers} reader(s)"), "fields", 0)
+    if content_check and not report.interrupted and {"rgb", "flow"} <= set(settings.streams):
+        warn_on_content(out)
     exit_for(report)
+
+
+def warn_on_content(out: Path, sample: int = 5) -> None:
+    """The content check (``flowprep verify --content``) of a few videos spread over the store, right
+    after an import: a wrong pairing, x/y swap, sign or bound shows here, before hours of training.
+    Warnings only (on stderr); the import's exit status is unchanged."""
+    from flowprep.content import check_store
+    from flowprep.storage.store import FlowStore
+
+    try:
+        store = FlowStore(out)
+        videos = store.videos()
+        picked = sorted({videos[int(i)] for i in np.linspace(0, len(videos) - 1, min(sample, len(videos)))})
+        results = check_store(store, picked) if videos else []
+    except UserError as exc:
+        click.echo(f"warning: content check not run: {exc}", err=True)
+        return
+    wrong = [r for r in results if r.problem]
+    for result in wrong:
+        click.echo(f"warning: {result.video}: {result.message}", err=True)
+    judged = sum(1 for r in results if r.verdict not in ("still", "short"))
+    click.echo(f"content check of {len(results)} sampled videos: {judged - len(wrong)} ok, {len(wrong)} wrong, "
+               f"{len(results) - judged} without a verdict" + (f"; check the import's --layout, --bound and "
+                                                              f"--zero-level, then `flowprep verify {out} "
+                                                              "--content` checks every video" if wrong else ""),
+               err=True)
 
 
 @click.command(name="export")

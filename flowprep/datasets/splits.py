@@ -28,7 +28,7 @@ class SplitError(UserError):
     """A split file that is missing or malformed; the message names the file and line."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SplitVideo:
     video: str  # "<class folder>/<stem>"
     label: int  # 0-based index into Split.classes
@@ -150,7 +150,7 @@ def match_videos(split: Split, available: Iterable[str]) -> Matched:
     """Map the split's ids onto ``available`` ids (exact, else by file stem, ignoring case) and
     list what is missing. The returned split holds the available ids and only present videos."""
     available = list(available)
-    exact = set(available)
+    exact = {video: video for video in available}  # resolves to the store's own string: one copy kept
     by_stem: dict[str, str | None] = {}
     for video in available:
         stem = video.rsplit("/", 1)[-1].lower()
@@ -159,7 +159,7 @@ def match_videos(split: Split, available: Iterable[str]) -> Matched:
     resolved = Split(split.dataset, split.number, split.classes)
     for kind in ("train", "test"):
         for entry in getattr(split, kind):
-            video = entry.video if entry.video in exact else by_stem.get(entry.video.rsplit("/", 1)[-1].lower())
+            video = exact.get(entry.video) or by_stem.get(entry.video.rsplit("/", 1)[-1].lower())
             if video is None:
                 missing.append(entry)
             else:

@@ -1,9 +1,10 @@
-"""CRC-32 checksums of a video's records, kept in its metadata.
+"""CRC-32 checksums of a video's records.
 
-``"crc32": {kind: hex}``: per kind ("rgb", "flow", "back"), the big-endian 32-bit CRC-32 of records
-0, 1, … one after the other, 8 hex digits a record (a 300-frame clip: ~5 KB of metadata). Kept
-beside the records rather than in them so record bytes stay exactly what was encoded (and what an
-import brings in).
+Kept beside the records rather than in them so record bytes stay exactly what was encoded (and what
+an import brings in). Stores write them packed in each shard's ``crc`` database
+(:mod:`flowprep.storage.index`); stores written before that keep them in each video's metadata as
+``"crc32": {kind: hex}``: per kind ("rgb", "flow", "back"), the big-endian CRC-32 of records 0, 1, …
+one after the other, 8 hex digits a record (a 300-frame clip: ~5 KB of metadata), still read.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import numpy as np
 from flowprep.storage.shard import split_key
 
 
-def record_checksums(records: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
-    """The ``crc32`` metadata of a video's records: per kind, the checksums of records 0, 1, … as hex."""
+def record_crcs(records: Sequence[tuple[bytes, bytes]]) -> dict[str, np.ndarray]:
+    """Per kind, the uint32 CRC-32 of a video's records 0, 1, … (a ValueError if a kind has a gap)."""
     by_kind: dict[str, dict[int, int]] = {}
     for key, value in records:
         _, kind, t = split_key(key)
@@ -26,8 +27,14 @@ def record_checksums(records: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
     for kind, crcs in sorted(by_kind.items()):
         if sorted(crcs) != list(range(len(crcs))):
             raise ValueError(f"{kind} records are not numbered 0..{len(crcs) - 1}")
-        out[kind] = np.array([crcs[t] for t in range(len(crcs))], ">u4").tobytes().hex()
+        out[kind] = np.array([crcs[t] for t in range(len(crcs))], np.uint32)
     return out
+
+
+def record_checksums(records: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The ``crc32`` hex table of stores written before the binary ``crc`` database (kept for tests and
+    bench/scale.py, which build such stores)."""
+    return {kind: crcs.astype(">u4").tobytes().hex() for kind, crcs in record_crcs(records).items()}
 
 
 def parse_checksums(table: dict[str, str] | None) -> dict[str, np.ndarray] | None:

@@ -19,6 +19,7 @@ from flowprep.errors import UserError
 from flowprep.storage.lock import lock_holder
 
 SHARD_GLOB = "shard-*.lmdb"
+DATABASES = (b"meta", b"data", b"index", b"crc")  # see flowprep.storage.store and .index
 _MAX_DBS = 4
 MAX_KEY_BYTES = 511
 _INITIAL_MAP = 256 << 20
@@ -141,7 +142,7 @@ def open_env(path: Path, write: bool = False, readahead: bool = True) -> tuple[l
         with lmdb_errors(path):
             env = lmdb.open(key, map_size=_INITIAL_MAP, max_dbs=_MAX_DBS, subdir=True, readahead=False)
             _check_file_size(env, path)
-            dbs = {name: env.open_db(name) for name in (b"meta", b"data")}
+            dbs = {name: env.open_db(name) for name in DATABASES}
     else:
         if not os.path.isfile(os.path.join(key, "data.mdb")):
             raise StoreError(f"{path}: not an LMDB shard (no data.mdb)")
@@ -153,6 +154,11 @@ def open_env(path: Path, write: bool = False, readahead: bool = True) -> tuple[l
         _check_file_size(env, path)
         try:
             dbs = {name: env.open_db(name, create=False) for name in (b"meta", b"data")}
+            for name in (b"index", b"crc"):  # absent from shards written before flowprep 0.2
+                try:
+                    dbs[name] = env.open_db(name, create=False)
+                except lmdb.NotFoundError:
+                    pass
         except lmdb.NotFoundError:
             env.close()
             raise EmptyShardError(f"{path}: no video was ever committed to this shard") from None

@@ -29,8 +29,12 @@ before, unchecked (``flowprep verify`` says so).
 
 from __future__ import annotations
 
+import array
+import bisect
 import dataclasses
+import itertools
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -39,8 +43,9 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
-from flowprep.storage.checksum import checksum_problem, parse_checksums, record_checksums
+from flowprep.storage.checksum import checksum_problem, parse_checksums, record_crcs
 from flowprep.storage.codec import RecordError, decode_flow, decode_rgb
+from flowprep.storage.index import ChecksumCache, IndexEntry, IndexFormatError, pack_checksums, unpack_checksums
 from flowprep.storage.lock import FolderBusyError, FolderLock
 from flowprep.storage.meta import MetadataError, VideoMeta
 from flowprep.storage.shard import (
@@ -61,6 +66,7 @@ from flowprep.storage.shard import (
 SETTINGS_FILE = "flowprep.json"
 FAILURES_FILE = "failures.json"
 KINDS = ("rgb", "flow", "back")
+log = logging.getLogger("flowprep")
 
 
 class ShardWriter:
@@ -125,22 +131,77 @@ class ShardWriter:
             close_env(self.shard_path)
             self._index += 1
             env, dbs = open_env(self.shard_path, write=True)
-        metas = [_meta_bytes(meta, records) for _, records, meta in videos]
+        entries = [video_entries(video, records, meta) for video, records, meta in videos]
+
+        def write(txn: lmdb.Transaction) -> None:
+            for (video, records, _), (meta_json, index, crc) in zip(videos, entries, strict=True):
+                for key, value in records:
+                    txn.put(key, value, db=dbs[b"data"])
+                txn.put(video.encode(), index, db=dbs[b"index"])
+                txn.put(video.encode(), crc, db=dbs[b"crc"])
+                txn.put(video.encode(), meta_json, db=dbs[b"meta"])
+
+        self._commit(self.shard_path, payload, write)
+        self.complete.update(video for video, _, _ in videos)
+
+    def _commit(self, shard: Path, payload: int, write: Callable[[lmdb.Transaction], None]) -> None:
+        """Run ``write`` in one write transaction of ``shard``, growing the map when it fills (``payload``:
+        about how many bytes it writes); a failed write is a StoreError and leaves nothing."""
+        env, _ = open_env(shard, write=True)
         while True:
             try:
                 with env.begin(write=True) as txn:
-                    for (video, records, _), meta_value in zip(videos, metas, strict=True):
-                        for key, value in records:
-                            txn.put(key, value, db=dbs[b"data"])
-                        txn.put(video.encode(), meta_value, db=dbs[b"meta"])
-                break
+                    write(txn)
+                return
             except lmdb.MapFullError:
                 grown = max(2 * env.info()["map_size"], self._used_bytes(env) + 2 * payload + (64 << 20))
                 env.set_mapsize(grown)
             except lmdb.Error as exc:
-                close_env(self.shard_path)  # a failed commit can leave the handle unusable
+                close_env(shard)  # a failed commit can leave the handle unusable
                 self._raise_write_error(exc, payload)
-        self.complete.update(video for video, _, _ in videos)
+
+    def add_index_entries(self, shard: Path, batch: int = 1000,
+                          checksums_of: Callable[[VideoMeta], dict[str, np.ndarray]] | None = None,
+                          on_video: Callable[[str, str | None], None] | None = None) -> None:
+        """Give the videos of ``shard`` stored before flowprep 0.2 their index and checksum entries
+        (``flowprep upgrade``), ``batch`` videos a transaction. Checksums come from each video's
+        metadata; for a video stored without any, from ``checksums_of(meta)`` (which checks the
+        records as they are now; it raises StoreError to leave the video as it is). ``on_video(video,
+        problem)`` is told of each video (problem None: done)."""
+        env, dbs = open_env(shard, write=True)
+        with lmdb_errors(shard), env.begin() as txn:
+            indexed = {key for key in txn.cursor(dbs[b"index"]).iternext(values=False)}
+            todo = [key for key in txn.cursor(dbs[b"meta"]).iternext(values=False) if key not in indexed]
+        for start in range(0, len(todo), batch):
+            entries = []
+            with lmdb_errors(shard), env.begin(db=dbs[b"meta"]) as txn:
+                metas = [(key, txn.get(key)) for key in todo[start:start + batch]]
+            for key, value in metas:
+                video = key.decode()
+                try:
+                    meta = parse_video_meta(shard, self.root, key, value)
+                    crcs = parse_checksums(meta.crc32)
+                    if crcs is None:
+                        if checksums_of is None:
+                            raise StoreError(f"{video}: no checksums to index")
+                        crcs = checksums_of(meta)
+                except StoreError as exc:
+                    if on_video is not None:
+                        on_video(video, str(exc))
+                    continue
+                entry = IndexEntry(meta.num_frames, meta.num_flows, meta.num_backward, meta.width, meta.height,
+                                   meta.streams)
+                entries.append((key, entry.pack(video), pack_checksums(crcs)))
+
+            def write(txn: lmdb.Transaction, entries: list = entries) -> None:
+                for key, index, crc in entries:
+                    txn.put(key, index, db=dbs[b"index"])
+                    txn.put(key, crc, db=dbs[b"crc"])
+
+            self._commit(shard, sum(len(k) + len(i) + len(c) for k, i, c in entries), write)
+            if on_video is not None:
+                for key, _, _ in entries:
+                    on_video(key.decode(), None)
 
     def metas(self) -> Iterator[VideoMeta]:
         """Metadata of every stored video (for rebuilding a lost ``flowprep.json``)."""
@@ -195,60 +256,190 @@ class FlowStore:
         self.shards = sorted(self.root.glob(SHARD_GLOB))
         if not self.shards and not (self.root / SETTINGS_FILE).exists():
             raise StoreError(f"{self.root}: no flowprep shards ({SHARD_GLOB}) in this folder")
-        self._where: dict[str, int] | None = None
+        self._ids: list[str] | None = None  # sorted; row i of _rows is video _ids[i]
+        self._rows = np.zeros((0, len(_COLUMNS)), np.int32)  # 28 bytes a video
+        self._ints: dict[int, int] = {}  # one int object per distinct count, not one per video
+        self._scanned = False
         self.empty_shards: list[Path] = []
         self.unreadable: dict[Path, str] = {}  # shard → why (only kept, not raised, with strict=False)
-        self._checksums: dict[str, dict[str, np.ndarray] | None] = {}
+        self.unindexed = 0  # videos without index entries (stored before flowprep 0.2)
+        self._checksums = ChecksumCache()
 
     def _env(self, shard: int) -> tuple[lmdb.Environment, dict[bytes, object]]:
         return open_env(self.shards[shard], readahead=self.readahead)
 
+    def _walk_env(self, shard: int) -> tuple[lmdb.Environment, dict[bytes, object]]:
+        """A shard's handle for walks of its index and metadata: without read-ahead, whose window around
+        each page (scattered through the file by copy-on-write) would pull in the records between."""
+        return open_env(self.shards[shard], readahead=False)
+
+    def _scan(self) -> None:
+        """Open every shard once: which hold no commit (``empty_shards``) or cannot be read."""
+        if self._scanned:
+            return
+        empty, unreadable = [], {}
+        for i, shard in enumerate(self.shards):
+            try:
+                self._walk_env(i)
+            except EmptyShardError:
+                empty.append(shard)
+            except StoreError as exc:
+                if self.strict:
+                    raise
+                unreadable[shard] = str(exc)
+        self.empty_shards, self.unreadable, self._scanned = empty, unreadable, True
+
     def shard_indices(self) -> list[int]:
         """Indices of the shards that hold committed data (empty ones are skipped)."""
-        self._index()
+        self._scan()
         skip = set(self.empty_shards) | set(self.unreadable)
         return [i for i, shard in enumerate(self.shards) if shard not in skip]
 
-    def _index(self) -> dict[str, int]:
-        if self._where is None:
-            where: dict[str, int] = {}
-            empty, unreadable = [], {}
-            for i, shard in enumerate(self.shards):
+    def _index(self) -> list[str]:
+        """Every video's id, sorted, and in ``_rows`` its shard, counts and streams, from the shards'
+        ``index`` databases (28 bytes a video, read without read-ahead); videos stored before the
+        index existed from their metadata. ~110 bytes a video in memory: no dict, no object a video
+        but its id (a look-up is a binary search of the sorted ids)."""
+        if self._ids is None:
+            ids: list[str] = []
+            rows = array.array("i")  # _COLUMNS per video: no object a video while the index is built
+            unindexed = 0
+            for i in self.shard_indices():
                 try:
-                    env, dbs = self._env(i)
-                    with lmdb_errors(shard), env.begin(db=dbs[b"meta"]) as txn:
-                        keys = list(txn.cursor().iternext(values=False))
-                except EmptyShardError:
-                    empty.append(shard)
-                    continue
+                    unindexed += self._index_shard(i, ids, rows)
                 except StoreError as exc:
                     if self.strict:
                         raise
-                    unreadable[shard] = str(exc)
-                    continue
-                for key in keys:
-                    where[key.decode()] = i
-            self._where, self.empty_shards, self.unreadable = where, empty, unreadable
-        return self._where
+                    self.unreadable[self.shards[i]] = str(exc)
+            if unindexed:
+                log.info("%s: %d of %d videos were stored before flowprep 0.2 and have no index entry: opening "
+                         "reads their metadata; `flowprep upgrade %s` adds the entries", self.root, unindexed,
+                         len(ids), self.root)
+            table = np.frombuffer(rows, np.int32).reshape(-1, len(_COLUMNS)) if ids else self._rows
+            if all(a < b for a, b in zip(ids, itertools.islice(ids, 1, None), strict=False)):
+                self._rows, self._ids = table.copy(), ids  # shards of consecutive ids: sorted already
+            else:
+                order = np.argsort(np.array(ids, dtype=object), kind="stable")
+                self._rows = np.ascontiguousarray(table[order])
+                self._ids = [ids[i] for i in order.tolist()]
+            self.unindexed = unindexed
+        return self._ids
+
+    def _index_shard(self, shard: int, ids: list[str], rows: array.array) -> int:
+        """Add one shard's videos to ``ids``/``rows``; the number of them without an index entry."""
+        path = self.shards[shard]
+        env, dbs = self._walk_env(shard)
+        with lmdb_errors(path), env.begin() as txn:
+            videos = txn.stat(dbs[b"meta"])["entries"]
+            indexed: set[bytes] = set()
+            if b"index" in dbs:
+                for key, value in txn.cursor(dbs[b"index"]):
+                    video = key.decode()
+                    try:
+                        entry = IndexEntry.unpack(video, value)
+                    except IndexFormatError as exc:
+                        raise StoreError(f"{path}: index entry of video {video!r} is damaged ({exc}); run "
+                                         f"`flowprep verify {self.root}`") from None
+                    ids.append(video)
+                    rows.extend(_row(shard, entry, indexed=True))
+                    if len(indexed) < videos:
+                        indexed.add(key)
+            if len(indexed) == videos:
+                return 0
+            unindexed = 0
+            for key, value in txn.cursor(dbs[b"meta"]):
+                if key not in indexed:
+                    try:
+                        meta = parse_video_meta(path, self.root, key, value)
+                    except StoreError:
+                        if self.strict:
+                            raise
+                        continue  # info and verify report it
+                    ids.append(key.decode())
+                    rows.extend(_row(shard, IndexEntry(meta.num_frames, meta.num_flows, meta.num_backward,
+                                                       meta.width, meta.height, meta.streams), indexed=False))
+                    unindexed += 1
+            return unindexed
+
+    def _shard_of_row(self, video: str) -> int:
+        """The row of ``video`` in ``_rows`` (KeyError: not in the store)."""
+        ids = self._index()
+        row = bisect.bisect_left(ids, video)
+        if row == len(ids) or ids[row] != video:
+            raise KeyError(f"video {video!r} is not in {self.root}")
+        return row
 
     def _shard_of(self, video: str) -> int:
-        try:
-            return self._index()[video]
-        except KeyError:
-            raise KeyError(f"video {video!r} is not in {self.root}") from None
+        row = self._shard_of_row(video)
+        return int(self._rows[row, 0])
 
     def videos_of_shard(self, shard: int) -> list[str]:
-        return sorted(v for v, i in self._index().items() if i == shard)
+        """Ids of the videos of one shard, sorted (a walk of that shard alone)."""
+        env, dbs = self._walk_env(shard)
+        with lmdb_errors(self.shards[shard]), env.begin(db=dbs[b"meta"]) as txn:
+            return sorted(key.decode() for key in txn.cursor().iternext(values=False))
+
+    def checksum_entries(self, shard: int) -> Iterator[tuple[str, bytes]]:
+        """(video, stored checksum entry) of every video of one shard with one, in one walk (for checks)."""
+        env, dbs = self._walk_env(shard)
+        if b"crc" not in dbs:
+            return
+        with lmdb_errors(self.shards[shard]), env.begin(db=dbs[b"crc"]) as txn:
+            for key, value in txn.cursor():
+                yield key.decode(errors="replace"), value
+
+    def index_entries(self, shard: int, problems: list[str]) -> dict[str, IndexEntry]:
+        """The index entries of one shard by video (for checks); a malformed one is a line in ``problems``."""
+        env, dbs = self._walk_env(shard)
+        out = {}
+        if b"index" not in dbs:
+            return out
+        with lmdb_errors(self.shards[shard]), env.begin(db=dbs[b"index"]) as txn:
+            for key, value in txn.cursor():
+                try:
+                    out[key.decode(errors="replace")] = IndexEntry.unpack(key.decode(errors="replace"), value)
+                except IndexFormatError as exc:
+                    problems.append(f"{self.shards[shard]}: index entry of video {key.decode(errors='replace')!r} "
+                                    f"is damaged ({exc})")
+        return out
+
+    def count_unindexed(self) -> int:
+        """How many videos have no index entry (stored before flowprep 0.2), from the shards' counts."""
+        total = 0
+        for i in self.shard_indices():
+            env, dbs = self._walk_env(i)
+            with lmdb_errors(self.shards[i]), env.begin() as txn:
+                indexed = txn.stat(dbs[b"index"])["entries"] if b"index" in dbs else 0
+                total += txn.stat(dbs[b"meta"])["entries"] - indexed
+        return total
+
+    def count_without(self, stream: str) -> tuple[int, str | None]:
+        """(how many videos lack ``stream`` ("rgb" or "flow"), the first of them by id) from the index."""
+        bit = {"rgb": 1, "flow": 2}[stream]
+        ids = self._index()
+        rows = np.flatnonzero((self._rows[:, 1] & bit) == 0)
+        return len(rows), (ids[rows[0]] if len(rows) else None)
 
     def videos(self) -> list[str]:
         """Ids of all complete videos, sorted."""
-        return sorted(self._index())
+        return list(self._index())
+
+    def entry(self, video: str) -> IndexEntry:
+        """What the index holds of ``video`` (counts, streams, frame size), without its metadata."""
+        row = self._shard_of_row(video)
+        values = [self._ints.setdefault(v, v) for v in self._rows[row].tolist()]
+        streams = _STREAMS[values[1] & 3]
+        return IndexEntry(*values[2:], streams)
 
     def __len__(self) -> int:
         return len(self._index())
 
     def __contains__(self, video: object) -> bool:
-        return video in self._index()
+        try:
+            self._shard_of_row(video)  # type: ignore[arg-type]
+        except (KeyError, TypeError):
+            return False
+        return True
 
     def parse_meta(self, shard: int, key: bytes, value: bytes | memoryview) -> VideoMeta:
         """The metadata of one ``meta`` entry; a damaged one is a StoreError naming shard and video."""
@@ -269,7 +460,7 @@ class FlowStore:
         """(video id, metadata JSON bytes) of every video of one shard, unparsed (for checks)."""
         if self.shards[shard] in self.empty_shards or shard not in self.shard_indices():
             return
-        env, dbs = self._env(shard)
+        env, dbs = self._walk_env(shard)
         with lmdb_errors(self.shards[shard]), env.begin(db=dbs[b"meta"]) as txn:
             yield from txn.cursor()
 
@@ -293,10 +484,32 @@ class FlowStore:
         return read_failures(self.root)
 
     def checksums(self, video: str) -> dict[str, np.ndarray] | None:
-        """The video's record checksums by kind (None: stored without checksums); cached per process."""
-        if video not in self._checksums:
-            self._checksums[video] = parse_checksums(self.video_meta(video).crc32)
-        return self._checksums[video]
+        """The video's record checksums by kind (None: stored without checksums), kept in a cache of
+        bounded size (:class:`flowprep.storage.index.ChecksumCache`)."""
+        found, checksums = self._checksums.get(video)
+        if not found:
+            row = self._shard_of_row(video)
+            row = self._rows[row]
+            checksums = self.read_checksums(int(row[0]), video, indexed=bool(row[1] & _INDEXED))
+            self._checksums.put(video, checksums)
+        return checksums
+
+    def read_checksums(self, shard: int, video: str, indexed: bool) -> dict[str, np.ndarray] | None:
+        """The checksums of ``video`` as stored, uncached: the shard's ``crc`` entry for a video with an
+        index entry (missing or malformed: a StoreError), else its metadata's hex table (or None)."""
+        if not indexed:
+            return parse_checksums(self.video_meta(video).crc32)
+        env, dbs = self._env(shard)
+        with lmdb_errors(self.shards[shard], video), env.begin(buffers=True) as txn:
+            value = txn.get(video.encode(), db=dbs[b"crc"]) if b"crc" in dbs else None
+            if value is None:
+                raise StoreError(f"{self.shards[shard]}: video {video!r} has no checksum entry (damaged "
+                                 f"shard); run `flowprep verify {self.root}`")
+            try:
+                return unpack_checksums(value)
+            except IndexFormatError as exc:
+                raise StoreError(f"{self.shards[shard]}: checksum entry of video {video!r} is damaged ({exc}); "
+                                 f"run `flowprep verify {self.root}`") from None
 
     def records(self, video: str, kind: str, ts: Iterable[int]) -> list[bytes]:
         """Raw stored bytes of several records of one video, read in one transaction and checked against
@@ -375,11 +588,33 @@ def decode_records(store, video: str, kind: str, ts: Sequence[int], decode: Call
     return out
 
 
-def _meta_bytes(meta: VideoMeta | dict, records: Sequence[tuple[bytes, bytes]]) -> bytes:
-    """The stored JSON of a video's metadata with its records' checksums."""
+_COLUMNS = ("shard", "flags", "num_frames", "num_flows", "num_backward", "width", "height")
+_INDEXED = 4  # flags: bit 0 RGB, bit 1 flow, bit 2 the video has index and checksum entries
+_STREAMS = {0: (), 1: ("rgb",), 2: ("flow",), 3: ("rgb", "flow")}
+
+
+def _row(shard: int, entry: IndexEntry, indexed: bool) -> tuple[int, ...]:
+    flags = (1 if entry.has("rgb") else 0) | (2 if entry.has("flow") else 0) | (_INDEXED if indexed else 0)
+    return (shard, flags, entry.num_frames, entry.num_flows, entry.num_backward, entry.width, entry.height)
+
+
+def video_entries(video: str, records: Sequence[tuple[bytes, bytes]], meta: VideoMeta | dict
+                  ) -> tuple[bytes, bytes, bytes]:
+    """A video's stored metadata JSON, index entry and checksum entry. The metadata is a
+    :class:`VideoMeta`, or a plain dict stored as it is (without a ``crc32`` table: the checksums go in
+    the ``crc`` database); a dict without valid counts is a StoreError."""
+    crcs = record_crcs(records)
     if isinstance(meta, VideoMeta):
-        return dataclasses.replace(meta, crc32=record_checksums(records)).to_json()
-    return json.dumps({**meta, "crc32": record_checksums(records)}, sort_keys=True).encode()
+        typed, meta_json = meta, dataclasses.replace(meta, crc32=None).to_json()
+    else:
+        try:
+            typed = VideoMeta.from_dict(meta)
+        except MetadataError as exc:
+            raise StoreError(f"video {video!r}: metadata to store is not valid ({exc})") from None
+        meta_json = json.dumps({k: v for k, v in meta.items() if k != "crc32"}, sort_keys=True).encode()
+    entry = IndexEntry(typed.num_frames, typed.num_flows, typed.num_backward, typed.width, typed.height,
+                       typed.streams)
+    return meta_json, entry.pack(video), pack_checksums(crcs)
 
 
 def parse_video_meta(shard: Path, root: Path, key: bytes, value: bytes | memoryview | None) -> VideoMeta:
