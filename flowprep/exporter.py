@@ -91,7 +91,8 @@ def _write_video(store: FlowStore, video: str, meta: IndexEntry, layout: Layout,
     for folder in set(staged.values()):
         folder.mkdir(parents=True, exist_ok=True)
     if "rgb" in streams:
-        for t, data in enumerate(store.records(video, "rgb", range(meta.num_frames))):
+        first = _first_frame(layout, meta)
+        for t, data in enumerate(store.records(video, "rgb", range(first, meta.num_frames))):
             (staged["rgb"] / layout.file_name("rgb", t)).write_bytes(data)
             report.files += 1
             report.bytes += len(data)
@@ -104,6 +105,12 @@ def _write_video(store: FlowStore, video: str, meta: IndexEntry, layout: Layout,
             report.bytes += len(jx) + len(jy)
             report.reencoded += again
     return staged
+
+
+def _first_frame(layout: Layout, meta: IndexEntry) -> int:
+    """The first stored frame written: 1 where the layout's field k ends at frame k (TSN's dense_flow
+    never writes the frame its first field starts at), so that ``img_k`` is where ``flow_x_k`` ends."""
+    return 1 if layout.flow_ends_at_frame and meta.has("flow") and meta.has("rgb") else 0
 
 
 def _claim_folder(out: Path, settings: dict) -> None:
@@ -121,7 +128,7 @@ def _claim_folder(out: Path, settings: dict) -> None:
 def _placed(out: Path, layout: Layout, video: str, meta: IndexEntry) -> dict[Path, list[str]]:
     """Each final folder of one video and its files there, in the order they are moved in (a folder
     may hold other videos' folders too: ids A and A/B)."""
-    counts = {"rgb": meta.num_frames, "x": meta.num_flows, "y": meta.num_flows}
+    counts = {"rgb": meta.num_frames - _first_frame(layout, meta), "x": meta.num_flows, "y": meta.num_flows}
     placed: dict[Path, list[str]] = {}
     for role, folder in _folders(out, layout, video, meta.streams).items():
         placed.setdefault(folder, []).extend(layout.file_name(role, t) for t in range(counts[role]))
@@ -194,7 +201,7 @@ def run_export(store_path: str | os.PathLike, out: str | os.PathLike, layout: La
     settings = {"store": str(Path(store_path).resolve()), "layout": layout.name, "bound": bound,
                 "zero_level": zero_level, "quality": quality}
     try:
-        lock = FolderLock(out, "flowprep export")
+        lock = FolderLock(out, "flowprep export", remove=True)  # OUT is another tool's tree: leave no .lock
     except FolderBusyError as exc:
         raise StoreError(str(exc)) from None
     except OSError as exc:

@@ -16,6 +16,7 @@ in the video's metadata.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -86,8 +87,13 @@ def _numbered(folder: str, prefix: str, layout: Layout, what: str, scans: dict[s
 def _read_file(path: str) -> bytes:
     """The bytes of a file, through os.read: a third of the time of open().read() for files of a
     few KB, which is most of the work of an import."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the reader
     try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) \
+                else "a socket" if stat.S_ISSOCK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a file"
+            raise OSError(0, f"not a regular file ({kind})")
         chunks = []
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
@@ -172,8 +178,14 @@ def _list_files(folders: VideoFolders, settings: ImportSettings, layout: Layout,
             missing = longer[min(len(x_names), len(y_names))]
             raise FrameError(f"{folder}: {len(x_names)} dx and {len(y_names)} dy files; the pair of {missing} "
                              "is missing")
+    shift_notes = []
+    if layout.flow_ends_at_frame and x_names:  # field file k: from frame k−1 to img_k; file 1 starts unseen
+        shift_notes = [f"{x_names[0]} and {y_names[0]} dropped: the {layout.name} layout's field k is the flow "
+                       f"from frame k−1 to {layout.prefixes[0]}k, and the frame before "
+                       f"{layout.file_name('rgb', 0)} is not in the tree"]
+        x_names, y_names = x_names[1:], y_names[1:]
     num_rgb, num_flow, notes = _counts(len(rgb_names), len(x_names), trim_rgb, folders.rgb or folders.x or "")
-    return rgb_names[:num_rgb], x_names[:num_flow], y_names[:num_flow], notes
+    return rgb_names[:num_rgb], x_names[:num_flow], y_names[:num_flow], shift_notes + notes
 
 
 def import_video(folders: VideoFolders, settings: ImportSettings, layout: Layout, trim_rgb: bool = False,

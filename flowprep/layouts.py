@@ -4,18 +4,25 @@ Each tool writes one folder per video holding numbered JPEG files: RGB frames, a
 images per field (dx and dy). The four layouts met in practice::
 
     mmaction   <class>/<video>/img_00001.jpg  x_00001.jpg  y_00001.jpg        (1-based; mmaction2 rawframes)
-    tsn        <class>/<video>/img_00001.jpg  flow_x_00001.jpg  flow_y_00001.jpg   (1-based; TSN dense_flow)
+    tsn        <class>/<video>/img_00001.jpg  flow_x_00001.jpg  flow_y_00001.jpg   (1-based; TSN dense_flow:
+               flow_x_k is the flow from frame k−1 to img_k)
     denseflow  <class>/<video>/img_00000.jpg  flow_x_00000.jpg  flow_y_00000.jpg   (0-based; denseflow)
     uv         u/<video>/frame000001.jpg  v/<video>/frame000001.jpg, RGB <video>/frame000001.jpg
                in a tree of its own (the shared UCF-101 TV-L1 archives; 1-based)
 
-Field t of a tool is the flow from its frame t to frame t+1, as in the store. The class level is
+Field t of a tool is the flow from its frame t to frame t+1, as in the store, except in TSN's
+dense_flow (yjxiong/dense_flow, ``src/dense_flow_gpu.cpp``): it reads frame 0 and never writes it;
+for each next frame k it writes the flow from frame k−1 to frame k as ``flow_x/y_k`` and frame k as
+``img_k``, so N decoded frames give N−1 images and N−1 fields, and field file k *ends* at ``img_k``.
+Imported, ``img_k`` is stored frame k−1 and field file k+1 stored field k−1; field file 1 (it starts at
+the frame dense_flow did not write) is dropped, and the video's metadata says so. The class level is
 optional: a video's id is its folder's path relative to the tree (``<class>/<video>`` or
 ``<video>``), as ``flowprep extract`` names videos, so the official splits match.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -24,6 +31,7 @@ from pathlib import Path
 from flowprep.errors import UserError
 
 ROLES = ("rgb", "x", "y")
+log = logging.getLogger("flowprep")
 _NAME = re.compile(r"^(img_|x_|y_|flow_x_|flow_y_|frame)(\d+)\.jpe?g$", re.IGNORECASE)
 
 
@@ -41,6 +49,7 @@ class Layout:
     digits: int
     first: int
     uv: bool = False
+    flow_ends_at_frame: bool = False  # field file k is the flow from frame k−1 to frame k (TSN's dense_flow)
 
     def file_name(self, role: str, t: int) -> str:
         """Name of frame or field ``t`` (0-based, as in the store)."""
@@ -54,7 +63,7 @@ class Layout:
 
 LAYOUTS = {
     "mmaction": Layout("mmaction", ("img_", "x_", "y_"), 5, 1),
-    "tsn": Layout("tsn", ("img_", "flow_x_", "flow_y_"), 5, 1),
+    "tsn": Layout("tsn", ("img_", "flow_x_", "flow_y_"), 5, 1, flow_ends_at_frame=True),
     "denseflow": Layout("denseflow", ("img_", "flow_x_", "flow_y_"), 5, 0),
     "uv": Layout("uv", ("frame", "frame", "frame"), 6, 1, uv=True),
 }
@@ -80,13 +89,53 @@ def index_tree(root: Path) -> dict[str, tuple[str, frozenset[str]]]:
     def unreadable(exc: OSError) -> None:
         raise LayoutError(f"{exc.filename}: cannot list this folder ({exc.strerror or exc})")
 
+    seen = _FolderSet(root)
     for folder, subfolders, _ in os.walk(root, onerror=unreadable, followlinks=True):
-        subfolders.sort()
-        found = scan_folder(folder)
+        subfolders[:] = sorted(name for name in subfolders if seen.first_visit(os.path.join(folder, name)))
+        try:
+            found = scan_folder(folder)
+        except OSError as exc:
+            raise LayoutError(f"{folder}: cannot list this folder ({exc.strerror or exc})") from None
         if found:
             rel = Path(folder).relative_to(root).as_posix()
             out[root.resolve().name if rel == "." else rel] = (folder, frozenset(found))
     return out
+
+
+_TOLD: set[str] = set()
+
+
+class _FolderSet:
+    """Folders a walk that follows links has read, by device and inode: a link to a folder read already
+    (a parent: a cycle; or a second way to one video) is skipped with one log line, so a walk ends and
+    no video is listed twice."""
+
+    def __init__(self, root: Path):
+        info = os.stat(root)
+        self.seen = {(info.st_dev, info.st_ino): str(root)}
+        self.root = os.path.realpath(root)
+
+    def first_visit(self, folder: str) -> bool:
+        if os.path.islink(folder):
+            real = os.path.realpath(folder)
+            if real == self.root or real.startswith(self.root + os.sep):  # read where it is, under its own name
+                return self._skip(folder, f"a link to {real}, which is read in the tree already")
+        try:
+            info = os.stat(folder)
+        except OSError as exc:  # a dangling link: nothing to read
+            return self._skip(folder, exc.strerror or str(exc))
+        key = (info.st_dev, info.st_ino)
+        if key in self.seen:
+            return self._skip(folder, f"a link to {self.seen[key]}, which is read already")
+        self.seen[key] = folder
+        return True
+
+    @staticmethod
+    def _skip(folder: str, why: str) -> bool:
+        if folder not in _TOLD:  # the trees are walked twice (detection, listing): say it once
+            _TOLD.add(folder)
+            log.info("%s: skipped, %s", folder, why)
+        return False
 
 
 def detect_layout(source: Path, rgb_tree: Path | None = None) -> Layout:
@@ -94,8 +143,9 @@ def detect_layout(source: Path, rgb_tree: Path | None = None) -> Layout:
     if (source / "u").is_dir() and (source / "v").is_dir():
         return LAYOUTS["uv"]
     for tree in (source, rgb_tree) if rgb_tree is not None else (source,):
+        seen = _FolderSet(tree)
         for folder, subfolders, _ in os.walk(tree, followlinks=True):
-            subfolders.sort()
+            subfolders[:] = sorted(name for name in subfolders if seen.first_visit(os.path.join(folder, name)))
             found = scan_folder(folder)
             if not found:
                 continue

@@ -127,3 +127,31 @@ def test_the_reference_samples_flow_does_not_explain_its_frames(shared_data: Pat
                              tmp_path / "ref", "--trim-rgb"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert check_video(FlowStore(tmp_path / "ref"), "flow-jpeg-reference").verdict == "explains-nothing"
+
+
+def test_a_tsn_dense_flow_tree_imports_paired_right(tmp_path: Path) -> None:
+    """A tree written as TSN's dense_flow writes it (frame 0 never written; flow_x_k from frame k−1 to
+    img_k) imports with field t from stored frame t to t+1: the content check confirms it; the same files
+    read with the pairing of the other layouts (field k starting at img_k) are one frame early."""
+    from test_import import write_frames_and_flow
+
+    from flowprep.layouts import LAYOUTS
+
+    clip = write_jerky_video(tmp_path / "jerky.avi", frames=16, seed=3)
+    folder = tmp_path / "tsn" / "c" / "jerky"
+    write_frames_and_flow(clip, LAYOUTS["tsn"], folder, folder, folder)
+    result = subprocess.run([sys.executable, "-m", "flowprep", "import", tmp_path / "tsn", tmp_path / "store"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "content check of 1 sampled videos: 1 ok, 0 wrong" in result.stderr
+    store = FlowStore(tmp_path / "store")
+    assert store.entry("c/jerky").num_frames == 15 and store.entry("c/jerky").num_flows == 14
+    assert check_video(store, "c/jerky").verdict == "ok"
+
+    misread = tmp_path / "misread" / "c" / "jerky"  # the same files, renamed to a layout that starts fields at img_k
+    misread.mkdir(parents=True)
+    for path in folder.iterdir():
+        (misread / path.name.replace("flow_x_", "x_").replace("flow_y_", "y_")).write_bytes(path.read_bytes())
+    result = subprocess.run([sys.executable, "-m", "flowprep", "import", tmp_path / "misread", tmp_path / "wrong",
+                             "--layout", "mmaction"], capture_output=True, text=True, cwd=REPO)
+    assert "warning: c/jerky: pairing off by one: field t is the flow from frame t−1 to t" in result.stderr

@@ -109,7 +109,7 @@ def test_a_list_naming_videos_outside_its_folder_gets_safe_ids(tmp_path: Path) -
     flowprep("extract", tmp_path / "lists" / "videos.txt", out, *FAST, "--algo", "dis", check=True)
     assert FlowStore(out).videos() == ["elsewhere", "up"] and not (out / ".flowprep-run").exists()
     flowprep("export", out, tmp_path / "files", "--layout", "tsn", check=True)
-    assert sorted(p.name for p in (tmp_path / "files").iterdir()) == [".flowprep-export.json", ".lock", "elsewhere",
+    assert sorted(p.name for p in (tmp_path / "files").iterdir()) == [".flowprep-export.json", "elsewhere",
                                                                       "up"]
 
 
@@ -150,7 +150,8 @@ def test_damaged_jpeg_data_is_refused_by_import_verify_and_training(tiny: Path, 
     loose = tmp_path / "loose"
     flowprep("import", root, loose, "--no-data-check", check=True)
     verify = flowprep("verify", loose)
-    assert verify.returncode == 1 and "walk/clip: flow record 2 does not decode" in verify.stdout
+    # tsn: flow_x_00003 is the flow that ends at img_00003, stored field 1 (from stored frame 1 to 2)
+    assert verify.returncode == 1 and "walk/clip: flow record 1 does not decode" in verify.stdout
     assert "damaged JPEG data" in verify.stdout and "Corrupt JPEG data" not in verify.stderr
 
     # the same damage inside a store training reads, with a checksum that matches (a store made elsewhere)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,7 +54,9 @@ def write_frames_and_flow(video: Path, layout: Layout, rgb_dir: Path, x_dir: Pat
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     for folder in {rgb_dir, x_dir, y_dir}:
         folder.mkdir(parents=True, exist_ok=True)
-    for t, frame in enumerate(frames):
+    # TSN's dense_flow never writes frame 0: img_k is frame k and flow_x_k the flow from frame k-1 to k
+    skip = 1 if layout.flow_ends_at_frame else 0
+    for t, frame in enumerate(frames[skip:]):
         cv2.imwrite(str(rgb_dir / layout.file_name("rgb", t)), frame)
     count = len(frames) - 1 if flows is None else flows
     for t in range(count):
@@ -115,11 +119,12 @@ def test_each_layout_imports_exports_and_imports_again_byte_for_byte(
     source, rgb = build_tree(tmp_path / "tree", layout, clips)
     assert detect_layout(source, rgb).name == name
     report = do_import(source, tmp_path / "store", rgb, readers=2)
-    assert report.stored == 3 and not report.failures and report.pairs == 6 + 5 + 4
+    drop = 1 if layout.flow_ends_at_frame else 0  # TSN: no frame 0 in the tree, and field 1 starts there
+    assert report.stored == 3 and not report.failures and report.pairs == 6 + 5 + 4 - 3 * drop
     store = FlowStore(tmp_path / "store")
     assert store.videos() == sorted(clips)
     meta = store.meta("walk/clip_a")
-    assert (meta["num_frames"], meta["num_flows"], meta["width"], meta["height"]) == (7, 6, 160, 120)
+    assert (meta["num_frames"], meta["num_flows"], meta["width"], meta["height"]) == (7 - drop, 6 - drop, 160, 120)
     # the records are the files' bytes: RGB as they are, flow as a header around the dx and dy files
     rgb_dir = (rgb if layout.uv else source) / "walk/clip_a"
     x_dir = source / ("u" if layout.uv else "") / "walk/clip_a"
@@ -127,10 +132,10 @@ def test_each_layout_imports_exports_and_imports_again_byte_for_byte(
     assert store.records("walk/clip_a", "rgb", [3])[0] == (rgb_dir / layout.file_name("rgb", 3)).read_bytes()
     _, (lo, hi), _, jx, jy = unpack_flow_record(store.records("walk/clip_a", "flow", [2])[0])
     assert (lo, hi) == (-BOUND, BOUND)
-    assert bytes(jx) == (x_dir / layout.file_name("x", 2)).read_bytes()
-    assert bytes(jy) == (y_dir / layout.file_name("y", 2)).read_bytes()
+    assert bytes(jx) == (x_dir / layout.file_name("x", 2 + drop)).read_bytes()  # from stored frame 2 to 3
+    assert bytes(jy) == (y_dir / layout.file_name("y", 2 + drop)).read_bytes()
     # pixels: the other tools' mapping, level·2B/255 − B
-    levels = cv2.imread(str(x_dir / layout.file_name("x", 2)), cv2.IMREAD_GRAYSCALE)
+    levels = cv2.imread(str(x_dir / layout.file_name("x", 2 + drop)), cv2.IMREAD_GRAYSCALE)
     np.testing.assert_allclose(store.flow("walk/clip_a", 2)[..., 0], levels * (2 * BOUND / 255) - BOUND, atol=1e-5)
     assert flowprep("verify", tmp_path / "store").returncode == 0
 
@@ -138,14 +143,20 @@ def test_each_layout_imports_exports_and_imports_again_byte_for_byte(
     assert report.exported == 3 and report.reencoded == 0
     exported_flow = tmp_path / "exported"
     exported_rgb = exported_flow / "rgb" if layout.uv else None
+    assert not (exported_flow / ".lock").exists()
     if layout.uv:
         assert tree_files(exported_flow / "u") == tree_files(source / "u")
         assert tree_files(exported_flow / "v") == tree_files(source / "v")
         assert tree_files(exported_rgb) == tree_files(rgb)
+    elif drop:  # as dense_flow run on the stored frames: the first is not written, img_k ends flow_k
+        shifted = {re.sub(r"\d+(?=\.jpg$)", lambda m: f"{int(m.group()) - 1:05d}", name): data
+                   for name, data in tree_files(source).items() if not re.search(r"_00001\.jpg$", name)}
+        assert tree_files(exported_flow) == shifted
     else:
         assert tree_files(exported_flow) == tree_files(source)
     do_import(exported_flow, tmp_path / "again")  # uv: the frames are found in OUT/rgb
-    assert store_records(tmp_path / "again") == store_records(tmp_path / "store")
+    again, first = store_records(tmp_path / "again"), store_records(tmp_path / "store")
+    assert again == ({(v, k, t - 1): r for (v, k, t), r in first.items() if t > 0} if drop else first)
 
 
 def test_reference_sample_of_another_tool(shared_data: Path, tmp_path: Path) -> None:
@@ -193,7 +204,7 @@ def test_count_mismatches_and_bad_files_are_named_failures(clips: dict[str, Path
     ok, png = cv2.imencode(".png", np.zeros((120, 160), np.uint8))
     (cases["png"] / "flow_y_00003.jpg").write_bytes(png.tobytes())
     cases["size"] = case("size")
-    cv2.imwrite(str(cases["size"] / "flow_x_00001.jpg"), np.full((240, 320), 128, np.uint8))
+    cv2.imwrite(str(cases["size"] / "flow_x_00002.jpg"), np.full((240, 320), 128, np.uint8))
     cases["more_flow"] = case("more_flow", flows=9)
     cases["fewer_flow"] = case("fewer_flow", flows=3)
     cases["n_flow"] = case("n_flow", flows=7)  # a tool that writes N fields for N frames
@@ -211,19 +222,23 @@ def test_count_mismatches_and_bad_files_are_named_failures(clips: dict[str, Path
     assert "6 dx and 5 dy files; the pair of flow_x_00006.jpg is missing" in reasons["no_y"]
     assert reasons["truncated"] == "flow_x_00002.jpg: truncated JPEG (no end-of-image marker)"
     assert reasons["png"] == "flow_y_00003.jpg: not a JPEG file (no start-of-image marker)"
-    assert "flow_x_00001.jpg: 320x240, but" in reasons["size"] and "is 160x120" in reasons["size"]
-    assert reasons["more_flow"] == "9 flow fields but only 7 RGB frames (expected at most 7)"
-    assert "7 RGB frames but 3 flow fields (expected 6); --trim-rgb" in reasons["fewer_flow"]
+    assert "flow_x_00002.jpg: 320x240, but" in reasons["size"] and "is 160x120" in reasons["size"]
+    # TSN trees (dense_flow): 6 frames 1..6 and field files 1..N; file 1 starts at frame 0, not written
+    assert reasons["more_flow"] == "8 flow fields but only 6 RGB frames (expected at most 6)"
+    assert "6 RGB frames but 2 flow fields (expected 5); --trim-rgb" in reasons["fewer_flow"]
     assert "start at img_00000.jpg; the tsn layout numbers from 1" in reasons["zero_based"]
     for reason in reasons.values():
         assert "\n" not in reason and "Traceback" not in reason
     store = FlowStore(tmp_path / "store")
     assert store.videos() == ["c/good", "c/n_flow"]
-    assert store.meta("c/n_flow")["num_flows"] == 6
-    assert "the last field (a repeat the other tool writes) was dropped" in store.meta("c/n_flow")["import_notes"][0]
+    assert store.meta("c/n_flow")["num_flows"] == 5
+    notes = store.meta("c/n_flow")["import_notes"]
+    assert "flow_x_00001.jpg and flow_y_00001.jpg dropped: the tsn layout's field k is the flow from frame k−1" \
+        in notes[0]
+    assert "the last field (a repeat the other tool writes) was dropped" in notes[1]
     # fixing a video and running again imports it and clears its failure; the store's settings hold
     (cases["gap"] / "img_00005.jpg").rename(cases["gap"] / "img_00004.jpg")
-    for n in range(6, 8):
+    for n in range(6, 7):
         (cases["gap"] / f"img_{n:05d}.jpg").rename(cases["gap"] / f"img_{n - 1:05d}.jpg")
     (cases["gap"] / "flow_x_00006.jpg").unlink()
     (cases["gap"] / "flow_y_00006.jpg").unlink()
@@ -298,32 +313,37 @@ def test_an_imported_store_of_the_built_in_dataset_trains(tiny: Path, tmp_path: 
 
 
 def test_kill_minus_9_then_resume(clips: dict[str, Path], tmp_path: Path) -> None:
-    """A reader stuck on one file (a FIFO) holds the run; kill -9, then the same command resumes."""
+    """A run stopped (SIGSTOP) after its first commit holds the store's lock; kill -9, then the same
+    command resumes and skips what was committed."""
     layout = LAYOUTS["mmaction"]
     source, _ = build_tree(tmp_path / "tree", layout, clips)
-    stuck = source / "walk" / "clip_b" / "x_00003.jpg"
-    data = stuck.read_bytes()
-    stuck.unlink()
-    os.mkfifo(stuck)
+    for i in range(300):  # enough work that the run is still going when it is stopped
+        shutil.copytree(source / "walk" / "clip_a", source / "copies" / f"v{i:03d}")
     process = subprocess.Popen([sys.executable, "-m", "flowprep", "import", source, tmp_path / "store",
-                                "--workers", "1"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True)
+                                "--workers", "1", "--no-content-check"], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (tmp_path / "store" / "shard-00000.lmdb").is_dir():
-        time.sleep(0.1)
-    time.sleep(1.0)
-    busy = flowprep("import", source, tmp_path / "store")
-    assert busy.returncode == 2 and "flowprep import" in busy.stderr and "pid" in busy.stderr
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert FlowStore(tmp_path / "store").videos() == ["run/clip_c", "walk/clip_a"]  # sorted order; then stuck
-    stuck.unlink()
-    stuck.write_bytes(data)
-    result = flowprep("import", source, tmp_path / "store")
+    while time.monotonic() < deadline and not (tmp_path / "store" / "shard-00000.lmdb" / "data.mdb").exists():
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        assert process.poll() is None, "the run ended before it could be stopped"
+        busy = flowprep("import", source, tmp_path / "store")
+        assert busy.returncode == 2 and "flowprep import" in busy.stderr and "pid" in busy.stderr
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    stored = []
+    if (tmp_path / "store" / "flowprep.json").exists():
+        store = FlowStore(tmp_path / "store")
+        stored = store.videos()
+        store.close()  # this process's handle would not see the shard grow past its map
+    assert len(stored) < 303
+    result = flowprep("import", source, tmp_path / "store", "--no-content-check")
     assert result.returncode == 0, result.stderr
-    assert "skipped 2 already complete" in result.stderr
-    assert FlowStore(tmp_path / "store").videos() == sorted(clips)
-    assert flowprep("verify", tmp_path / "store").returncode == 0
+    assert f"skipped {len(stored)} already complete" in result.stderr
+    assert len(FlowStore(tmp_path / "store").videos()) == 303
+    assert flowprep("verify", tmp_path / "store", "--no-decode").returncode == 0
 
 
 def test_export_refuses_a_folder_of_other_files_and_resumes(clips: dict[str, Path], tmp_path: Path) -> None:
@@ -353,3 +373,24 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2 and "no numbered JPEG frames or flow of a known layout" in result.stderr
     assert "Traceback" not in result.stderr
     assert "mmaction" in flowprep("import", "--help").stdout
+
+
+def test_hostile_trees_a_fifo_link_cycles_and_a_second_link_to_a_video(clips: dict[str, Path], tmp_path: Path) -> None:
+    layout = LAYOUTS["mmaction"]
+    root = tmp_path / "tree"
+    for name in ("good", "fifo"):
+        folder = root / "c" / name
+        write_frames_and_flow(clips["run/clip_c"], layout, folder, folder, folder)
+    fifo = root / "c" / "fifo" / "x_00002.jpg"
+    fifo.unlink()
+    os.mkfifo(fifo)  # opened for reading, it would wait for a writer forever
+    (root / "c" / "loop").symlink_to("..")  # a cycle
+    (root / "c" / "good" / "up").symlink_to("../..")  # another
+    (root / "again").symlink_to("c/good")  # a second way to one video
+    result = subprocess.run([sys.executable, "-m", "flowprep", "import", root, tmp_path / "store"],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "c/fifo: x_00002.jpg: cannot read (not a regular file (a FIFO))" in result.stderr
+    for link in ("c/loop", "c/good/up", "again"):
+        assert result.stderr.count(f"{root / link}: skipped, a link to ") == 1, result.stderr
+    assert FlowStore(tmp_path / "store").videos() == ["c/good"]

@@ -73,21 +73,31 @@ def lock_holder(folder: str | os.PathLike) -> str | None:
 class FolderLock:
     """Hold ``folder``'s lock until :meth:`release` (or exit). ``what`` names the kind of writer
     (``flowprep extract``, ``trainer fit``); it goes into the lock file, so a process refused names the
-    holder's kind, not its own."""
+    holder's kind, not its own. ``remove``: delete the lock file on release (a folder that belongs to
+    another tool, such as an export's, is left as it was); a process that locked the file just before
+    it went sees that it is no longer the folder's lock file and takes the new one."""
 
-    def __init__(self, folder: str | os.PathLike, what: str):
-        self.folder = Path(folder)
+    def __init__(self, folder: str | os.PathLike, what: str, remove: bool = False):
+        self.folder, self.remove = Path(folder), remove
         self.folder.mkdir(parents=True, exist_ok=True)
-        # no O_TRUNC: opening must not wipe the holder's pid before we know we own the lock
-        self._fd: int | None = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(self._fd)
-            os.close(self._fd)
-            self._fd = None
-            raise FolderBusyError(f"{self.folder}: in use by another {holder}; wait for it to end or stop it, or "
-                                  "use another folder") from None
+        path = self.folder / LOCK_FILE
+        while True:
+            # no O_TRUNC: opening must not wipe the holder's pid before we know we own the lock
+            self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(self._fd)
+                os.close(self._fd)
+                self._fd = None
+                raise FolderBusyError(f"{self.folder}: in use by another {holder}; wait for it to end or stop it, "
+                                      "or use another folder") from None
+            try:
+                if os.stat(path).st_ino == os.fstat(self._fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(self._fd)  # a holder that removes its lock file unlinked it before we locked: again
         _HELD.add(self._fd)
         command = " ".join(sys.argv)[:300].replace("\n", " ")
         os.ftruncate(self._fd, 0)
@@ -99,6 +109,11 @@ class FolderLock:
 
     def release(self) -> None:
         if self._fd is not None:
+            if self.remove:  # while still held: whoever opened this file before sees it is gone
+                try:
+                    os.unlink(self.folder / LOCK_FILE)
+                except FileNotFoundError:
+                    pass
             _HELD.discard(self._fd)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
