@@ -394,3 +394,38 @@ def test_hostile_trees_a_fifo_link_cycles_and_a_second_link_to_a_video(clips: di
     for link in ("c/loop", "c/good/up", "again"):
         assert result.stderr.count(f"{root / link}: skipped, a link to ") == 1, result.stderr
     assert FlowStore(tmp_path / "store").videos() == ["c/good"]
+
+
+def test_dry_run_plan_and_files_not_read(clips: dict[str, Path], tmp_path: Path) -> None:
+    layout = LAYOUTS["tsn"]
+    root = tmp_path / "tree"
+    folder = root / "walk" / "clip_a"
+    write_frames_and_flow(clips["walk/clip_a"], layout, folder, folder, folder)
+    (folder / "flow_x_00001.bin").write_bytes(b"\0" * 16)  # binary flow beside the JPEGs (old gpu_flow)
+    (folder / "notes.txt").write_text("hand-made")
+    dry = flowprep("import", root, tmp_path / "store", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert not (tmp_path / "store").exists()
+    lines = dry.stdout.splitlines()
+    assert lines[0] == "layout   tsn (auto: from the file names); 1 videos, e.g. walk/clip_a"
+    assert "files    flow_x_N.jpg + flow_y_N.jpg: numbered from 00001, 5 digits" in lines
+    assert ("pairing  field file k is the flow from frame k−1 to img_k (TSN dense_flow): stored field 0 = "
+            "flow_x_00002 (img_00001 → img_00002); flow_x_00001 is dropped (its first frame is not in the tree)"
+            ) in lines
+    assert "counts   walk/clip_a: 6 frames, 6 field files" in lines
+    assert any(line.startswith("not read ") and "1 other (.bin)" in line and "1 other (.txt)" in line
+               for line in lines)
+    real = flowprep("import", root, tmp_path / "store")
+    assert real.returncode == 0 and "plan: pairing  field file k is the flow from frame k−1" in real.stderr
+
+    # flow the layout would not read stops the run in one line naming the layout that reads it
+    shutil.copy(folder / "flow_x_00002.jpg", folder / "x_00002.jpg")
+    refused = flowprep("import", root, tmp_path / "other", "--layout", "tsn")
+    assert refused.returncode == 2 and not (tmp_path / "other").exists()
+    assert refused.stderr.splitlines()[-1] == (f"error: {folder / 'x_00002.jpg'}: 1 flow file(s) the tsn layout "
+                                               "does not read; the mmaction layout reads them (--layout mmaction)")
+    (folder / "x_00002.jpg").unlink()
+    ok, png = cv2.imencode(".png", np.zeros((120, 160, 3), np.uint8))
+    (folder / "flow_00003.png").write_bytes(png.tobytes())  # denseflow --st png
+    refused = flowprep("import", root, tmp_path / "other")
+    assert refused.returncode == 2 and "PNG flow is not read" in refused.stderr.splitlines()[-1]

@@ -14,6 +14,7 @@ from flowprep.algorithms.registry import ALGORITHMS
 from flowprep.cli.common import exit_for, fail, human_bytes, parse_size, run_with_bar
 from flowprep.errors import UserError
 from flowprep.exporter import ExportReport, run_export
+from flowprep.import_plan import describe, refuse_unread_flow, survey
 from flowprep.importer import run_import
 from flowprep.layouts import LAYOUTS, detect_layout, find_video_folders
 from flowprep.storage.settings import ImportSettings
@@ -54,9 +55,12 @@ STREAMS = {"auto": None, "both": ("rgb", "flow"), "rgb": ("rgb",), "flow": ("flo
                    "that still decodes is stored (see README).")
 @click.option("--no-content-check", "content_check", is_flag=True, default=True, flag_value=False,
               help="Skip the check, after the import, that the flow of 5 sampled videos explains their frames.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan (layout, numbering, pairing, counts, levels, files not read) and stop: "
+                   "nothing is written. A real run prints it first too.")
 def import_command(source: Path, out: Path, layout: str, rgb_tree: Path | None, streams: str, bound: float,
                    zero_level: float, flow_algo: str, trim_rgb: bool, workers: int, shard_size: str,
-                   check_data: bool, content_check: bool) -> None:
+                   check_data: bool, content_check: bool, dry_run: bool) -> None:
     """Import frames and flow that another tool extracted as JPEG files (a folder per video) into the
     store OUT, byte for byte: no decoding, no second JPEG loss.
 
@@ -73,8 +77,17 @@ def import_command(source: Path, out: Path, layout: str, rgb_tree: Path | None, 
         chosen = LAYOUTS[layout] if layout != "auto" else detect_layout(source, rgb_tree)
         found, videos = find_video_folders(source, chosen, rgb_tree, STREAMS[streams])
         settings = ImportSettings(chosen.name, bound, zero_level, flow_algo, found)
+        files = survey(videos, chosen)
+        plan = describe(chosen, "--layout" if layout != "auto" else "auto: from the file names", settings, videos,
+                        files)
+        for line in plan:
+            click.echo(f"plan: {line}" if not dry_run else line, err=not dry_run)
+        refuse_unread_flow(files, chosen)
     except UserError as exc:
         fail(exc)
+    if dry_run:
+        click.echo(f"dry run: nothing written to {out}")
+        return
     report = run_with_bar(
         lambda on_start, on_progress: run_import(source, out, chosen, settings, rgb_tree, workers,
                                                  parse_size(shard_size), on_start, on_progress, videos, trim_rgb,
