@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from flowprep.layouts import Layout
+from flowprep.layouts import LAYOUTS, Layout
 from flowprep.storage.atomic import write_json_atomic
 from flowprep.storage.codec import LINEAR, RecordError, flow_levels, level_values, linear_range, unpack_flow_record
 from flowprep.storage.index import IndexEntry
@@ -117,7 +117,9 @@ def _claim_folder(out: Path, settings: dict) -> None:
     """Record this export's options in OUT, which must be empty or an earlier export with the same ones."""
     previous = read_json(out / EXPORT_FILE, "export record")
     if previous and previous != settings:
-        diff = ", ".join(f"{k}={previous.get(k)!r} ({v!r})" for k, v in settings.items() if previous.get(k) != v)
+        keys = [*settings, *(k for k in previous if k not in settings)]  # an option set in one run only too
+        diff = ", ".join(f"{k}={previous.get(k)!r} ({settings.get(k)!r})" for k in keys
+                         if previous.get(k) != settings.get(k))
         raise StoreError(f"{out} holds an export with other options: {diff} (this run's in parentheses); "
                          "use the same options or another folder")
     if not previous and any(p.name not in (".lock", _STAGING) for p in out.iterdir()):
@@ -200,6 +202,8 @@ def run_export(store_path: str | os.PathLike, out: str | os.PathLike, layout: La
     out = Path(out)
     settings = {"store": str(Path(store_path).resolve()), "layout": layout.name, "bound": bound,
                 "zero_level": zero_level, "quality": quality}
+    if layout.digits != LAYOUTS[layout.name].digits:  # recorded only when chosen: older exports resume
+        settings["digits"] = layout.digits
     try:
         lock = FolderLock(out, "flowprep export", remove=True)  # OUT is another tool's tree: leave no .lock
     except FolderBusyError as exc:

@@ -138,6 +138,32 @@ class _FolderSet:
         return False
 
 
+def split_archives(source: Path, rgb_tree: Path | None) -> tuple[Path, Path | None] | None:
+    """Where SOURCE is the folder that holds both unpacked archives of the shared UCF-101 TV-L1 flow
+    (``tvl1_flow/u``, ``tvl1_flow/v``) and RGB frames (``jpegs_256/<video>/frame000001.jpg``): (the flow
+    tree, the RGB tree: ``rgb_tree`` if given, else the one other folder there whose videos hold
+    numbered frames). None where SOURCE is not such a folder."""
+    if (source / "u").is_dir() or not source.is_dir():
+        return None
+    children = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    flows = [c for c in children if (c / "u").is_dir() and (c / "v").is_dir()]
+    if len(flows) != 1:
+        return None
+    if rgb_tree is not None:
+        return flows[0], rgb_tree
+    frames = [c for c in children if c != flows[0] and _holds_frames(c)]
+    return flows[0], (frames[0] if len(frames) == 1 else None)
+
+
+def _holds_frames(tree: Path) -> bool:
+    """Whether one of the first folders under ``tree`` holds numbered JPEG frames."""
+    for i, (folder, subfolders, _) in enumerate(os.walk(tree)):
+        subfolders.sort()
+        if scan_folder(folder) or i > 50:
+            return bool(scan_folder(folder))
+    return False
+
+
 def detect_layout(source: Path, rgb_tree: Path | None = None) -> Layout:
     """The layout of a tree, from its first folder of numbered JPEGs (``u/`` and ``v/`` folders: uv)."""
     if (source / "u").is_dir() and (source / "v").is_dir():

@@ -429,3 +429,27 @@ def test_dry_run_plan_and_files_not_read(clips: dict[str, Path], tmp_path: Path)
     (folder / "flow_00003.png").write_bytes(png.tobytes())  # denseflow --st png
     refused = flowprep("import", root, tmp_path / "other")
     assert refused.returncode == 2 and "PNG flow is not read" in refused.stderr.splitlines()[-1]
+
+
+def test_the_folder_of_both_archives_and_export_digits(clips: dict[str, Path], tmp_path: Path) -> None:
+    """The parent folder of the shared UCF-101 archives (tvl1_flow/u, tvl1_flow/v and jpegs_256) imports
+    as the two trees given apart; an export keeps the digits it is told."""
+    flow, rgb = build_tree(tmp_path / "tree", LAYOUTS["uv"], clips)
+    parent = tmp_path / "ucf101"
+    parent.mkdir()
+    flow.rename(parent / "tvl1_flow")
+    rgb.rename(parent / "jpegs_256")
+    result = flowprep("import", parent, tmp_path / "store")
+    assert result.returncode == 0, result.stderr
+    assert f"flow from {parent / 'tvl1_flow'} (u/, v/), RGB frames from {parent / 'jpegs_256'}" in result.stderr
+    apart = do_import(parent / "tvl1_flow", tmp_path / "apart", parent / "jpegs_256")
+    assert apart.stored == 3 and store_records(tmp_path / "store") == store_records(tmp_path / "apart")
+
+    result = flowprep("export", tmp_path / "store", tmp_path / "six", "--layout", "mmaction", "--digits", "6")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "six" / "walk" / "clip_a").iterdir())[:2] == ["img_000001.jpg",
+                                                                                          "img_000002.jpg"]
+    do_import(tmp_path / "six", tmp_path / "again")
+    assert store_records(tmp_path / "again") == store_records(tmp_path / "store")
+    other = flowprep("export", tmp_path / "store", tmp_path / "six", "--layout", "mmaction")
+    assert other.returncode == 2 and "digits=6" in other.stderr

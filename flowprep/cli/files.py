@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -16,7 +17,7 @@ from flowprep.errors import UserError
 from flowprep.exporter import ExportReport, run_export
 from flowprep.import_plan import describe, refuse_unread_flow, survey
 from flowprep.importer import run_import
-from flowprep.layouts import LAYOUTS, detect_layout, find_video_folders
+from flowprep.layouts import LAYOUTS, detect_layout, find_video_folders, split_archives
 from flowprep.storage.settings import ImportSettings
 
 STREAMS = {"auto": None, "both": ("rgb", "flow"), "rgb": ("rgb",), "flow": ("flow",)}
@@ -74,6 +75,12 @@ def import_command(source: Path, out: Path, layout: str, rgb_tree: Path | None, 
         if tree is not None and not tree.is_dir():
             fail(f"{tree}: no such folder")
     try:
+        archives = split_archives(source, rgb_tree)
+        if archives is not None:  # the folder that holds tvl1_flow/ and jpegs_256/
+            click.echo(f"{source}: flow from {archives[0]} (u/, v/)"
+                       + (f", RGB frames from {archives[1]}" if archives[1] else ", no RGB tree found beside it"),
+                       err=True)
+            source, rgb_tree = archives
         chosen = LAYOUTS[layout] if layout != "auto" else detect_layout(source, rgb_tree)
         found, videos = find_video_folders(source, chosen, rgb_tree, STREAMS[streams])
         settings = ImportSettings(chosen.name, bound, zero_level, flow_algo, found)
@@ -138,8 +145,11 @@ def warn_on_content(out: Path, sample: int = 5) -> None:
 @click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True,
               help="JPEG quality of flow fields whose levels must be mapped anew (not of files kept as they are).")
 @click.option("--video", "videos", multiple=True, help="Export only this video id (repeatable).")
+@click.option("--digits", type=click.IntRange(1, 12), default=None,
+              help="Digits of the numbers in file names, as the tree the store was imported from had them "
+                   "(img_000001.jpg: 6) [default: the layout's, 5; uv 6].")
 def export_command(store: Path, out: Path, layout: str, bound: float | None, zero_level: float | None,
-                   quality: int, videos: tuple[str, ...]) -> None:
+                   quality: int, videos: tuple[str, ...], digits: int | None) -> None:
     """Write the videos of STORE into OUT as another tool's files: a folder per video (OUT/<class>/<video>)
     of RGB frames and dx/dy flow JPEGs. Imported videos come back byte for byte; flow whose levels mean
     other pixels than the target's (stores made by `flowprep extract`: 0 px at level 128) is mapped onto
@@ -158,7 +168,8 @@ def export_command(store: Path, out: Path, layout: str, bound: float | None, zer
             bar.update(1)
 
         try:
-            report = run_export(store, out, LAYOUTS[layout], bound, zero_level, quality, list(videos) or None,
+            target = LAYOUTS[layout] if digits is None else dataclasses.replace(LAYOUTS[layout], digits=digits)
+            report = run_export(store, out, target, bound, zero_level, quality, list(videos) or None,
                                 on_start, on_progress)
         except UserError as exc:
             fail(exc)
