@@ -193,3 +193,12 @@ def test_torchrun_two_cpu_processes(tiny: Path, tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "run").glob("*.pt")] == ["checkpoint.pt"]
     assert ckpt.load(tmp_path / "run" / "checkpoint.pt")["step"] == 6
     assert result.stdout.count("done: 6 iterations") == 1
+
+
+def test_a_crop_too_small_for_the_net_is_one_line(tiny: Path, tmp_path: Path) -> None:
+    """data.crop 32 passed the config's range, then ended in a max_pool2d traceback."""
+    result = trainer("fit", write_config(tiny, tmp_path, iterations=2), "--set", "data.crop=32")
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert lines == ["error: data.crop 32 px is too small for CNN-M-2048: its convolutions and poolings need at "
+                     "least 41 px (the paper's is 224)"]

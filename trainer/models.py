@@ -42,6 +42,9 @@ class CNNM2048(nn.Module):
             nn.MaxPool2d(3, 2, ceil_mode=True),
         ]
         self.features = nn.Sequential(*layers)
+        if input_size < MIN_INPUT:
+            raise InputSizeError(f"data.crop {input_size} px is too small for CNN-M-2048: its convolutions and "
+                                 f"poolings need at least {MIN_INPUT} px (the paper's is 224)")
         with torch.no_grad():
             side = self.features(torch.zeros(1, in_channels, input_size, input_size)).shape[-1]
         self.feature_shape = (c3, side, side)
@@ -159,6 +162,13 @@ class BackboneNet(nn.Module):
             for m in norms[1:]:
                 m.eval()
         return self
+
+
+MIN_INPUT = 41  # pixels: the smallest square input CNN-M-2048's layers leave one pixel of
+
+
+class InputSizeError(UserError):
+    """A crop too small for the net; names data.crop."""
 
 
 def build_model(stream: str, flow_stack: int, heads: dict[str, int], width: float, dropout: float,
