@@ -116,6 +116,13 @@ def check_video(store: FlowStore, video: str, fields: int = FIELDS) -> ContentRe
             greys[t] = _grey(decode_records(store, video, "rgb", [t], decode_rgb)[0], scale)
         return greys[t]
 
+    zeros: dict[int, float] = {}  # zero flow's difference on pair (t, t+1): six readings share one pair
+
+    def zero_difference(t: int) -> float:
+        if t not in zeros:
+            zeros[t] = difference(grey(t), grey(t + 1), None)
+        return zeros[t]
+
     ratios: dict[str, list[float]] = {name: [] for name in HYPOTHESES}
     moving = []
     for t in ts:
@@ -126,7 +133,7 @@ def check_video(store: FlowStore, video: str, fields: int = FIELDS) -> ContentRe
             first = t + shift
             if not 0 <= first < entry.num_flows:
                 continue
-            zero = difference(grey(first), grey(first + 1), None)
+            zero = zero_difference(first)
             if zero < STILL:
                 continue
             if flow is None:

@@ -293,7 +293,7 @@ def _shard_checksums(store: FlowStore, shard_index: int, metas: dict[str, VideoM
             if meta.crc32 is not None:
                 checksums[video] = parse_checksums(meta.crc32)
             continue
-        said = IndexEntry(meta.num_frames, meta.num_flows, meta.num_backward, meta.width, meta.height, meta.streams)
+        said = IndexEntry.of(meta)
         if entry != said:
             problems.append(f"{video}: index entry {entry} disagrees with its metadata {said} (damaged shard)")
         checksums[video] = None  # a problem once, not once a record

@@ -31,12 +31,6 @@ def record_crcs(records: Sequence[tuple[bytes, bytes]]) -> dict[str, np.ndarray]
     return out
 
 
-def record_checksums(records: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
-    """The ``crc32`` hex table of stores written before the binary ``crc`` database (kept for tests and
-    bench/scale.py, which build such stores)."""
-    return {kind: crcs.astype(">u4").tobytes().hex() for kind, crcs in record_crcs(records).items()}
-
-
 def parse_checksums(table: dict[str, str] | None) -> dict[str, np.ndarray] | None:
     """Per kind, the uint32 checksums of a video's records from its metadata's ``crc32`` table; None for
     a video stored without them."""

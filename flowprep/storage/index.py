@@ -52,6 +52,11 @@ class IndexEntry:
     def has(self, stream: str) -> bool:
         return stream in self.streams
 
+    @classmethod
+    def of(cls, meta) -> IndexEntry:
+        """The entry a video's metadata (a :class:`flowprep.storage.meta.VideoMeta`) says it should have."""
+        return cls(meta.num_frames, meta.num_flows, meta.num_backward, meta.width, meta.height, meta.streams)
+
     def pack(self, video: str) -> bytes:
         """The stored entry of ``video``."""
         flags = (_RGB if "rgb" in self.streams else 0) | (_FLOW if "flow" in self.streams else 0)

@@ -189,9 +189,7 @@ class ShardWriter:
                     if on_video is not None:
                         on_video(video, str(exc))
                     continue
-                entry = IndexEntry(meta.num_frames, meta.num_flows, meta.num_backward, meta.width, meta.height,
-                                   meta.streams)
-                entries.append((key, entry.pack(video), pack_checksums(crcs)))
+                entries.append((key, IndexEntry.of(meta).pack(video), pack_checksums(crcs)))
 
             def write(txn: lmdb.Transaction, entries: list = entries) -> None:
                 for key, index, crc in entries:
@@ -356,8 +354,7 @@ class FlowStore:
                             raise
                         continue  # info and verify report it
                     ids.append(key.decode())
-                    rows.extend(_row(shard, IndexEntry(meta.num_frames, meta.num_flows, meta.num_backward,
-                                                       meta.width, meta.height, meta.streams), indexed=False))
+                    rows.extend(_row(shard, IndexEntry.of(meta), indexed=False))
                     unindexed += 1
             return unindexed
 
@@ -612,8 +609,7 @@ def video_entries(video: str, records: Sequence[tuple[bytes, bytes]], meta: Vide
         except MetadataError as exc:
             raise StoreError(f"video {video!r}: metadata to store is not valid ({exc})") from None
         meta_json = json.dumps({k: v for k, v in meta.items() if k != "crc32"}, sort_keys=True).encode()
-    entry = IndexEntry(typed.num_frames, typed.num_flows, typed.num_backward, typed.width, typed.height,
-                       typed.streams)
+    entry = IndexEntry.of(typed)
     return meta_json, entry.pack(video), pack_checksums(crcs)
 
 
