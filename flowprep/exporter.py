@@ -46,13 +46,14 @@ class ExportReport:
     seconds: float = 0.0
 
 
-def default_mapping(store: FlowStore) -> tuple[float, float]:
-    """(bound, zero level) to export with: the imported files' own, else the store's bound and 127.5."""
+def default_mapping(store: FlowStore, layout: Layout) -> tuple[float, float]:
+    """(bound, zero level) to export with: the imported files' own (they come back byte for byte),
+    else the store's bound and the zero level of the layout's tool."""
     settings = store.settings()
     if "imported" in settings:
         return float(settings["imported"]["bound"]), float(settings["imported"]["zero_level"])
     bound = settings.get("bound", 20.0)
-    return (float(bound) if bound != "adaptive" else 20.0), 127.5
+    return (float(bound) if bound != "adaptive" else layout.bound), layout.zero_level
 
 
 def _folders(out: Path, layout: Layout, video: str, streams: tuple[str, ...]) -> dict[str, Path]:
@@ -187,7 +188,7 @@ def run_export(store_path: str | os.PathLike, out: str | os.PathLike, layout: La
     """Write the store's videos (all, or ``videos``) into OUT as ``layout``'s files. OUT must be empty or a
     previous export of the same store with the same options (it then resumes)."""
     store = FlowStore(store_path)
-    default_bound, default_zero = default_mapping(store)
+    default_bound, default_zero = default_mapping(store, layout)
     bound = default_bound if bound is None else bound
     zero_level = default_zero if zero_level is None else zero_level
     lo, hi = linear_range(bound, zero_level)

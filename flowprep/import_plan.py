@@ -11,17 +11,24 @@ that would read them: flow is never dropped in silence.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
 
 from flowprep.errors import UserError
+from flowprep.importer import read_regular_file
 from flowprep.layouts import LAYOUTS, Layout, VideoFolders
 from flowprep.storage.settings import ImportSettings
 
 _IMAGE = re.compile(r"^(?P<prefix>[a-z_]*?)(?P<number>\d+)\.(?P<ext>jpe?g|png|bmp|tiff?)$", re.IGNORECASE)
 _FLOW_WORDS = ("flow", "x_", "y_", "u_", "v_")
+_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 class PlanError(UserError):
@@ -72,7 +79,10 @@ def _role(layout: Layout, prefix: str) -> str:
 
 def _kind(name: str, match: re.Match | None) -> str:
     if match is None:
-        return f"other ({os.path.splitext(name)[1].lower() or 'no extension'})"
+        stem, ext = os.path.splitext(name)
+        if ext.lower() in _IMAGE_EXTS and any(stem.lower().startswith(word) for word in _FLOW_WORDS):
+            return f"flow ({re.sub(r'[0-9]+', 'N', name.lower())})"  # e.g. denseflow -s 2: flow_x_p2_00000.jpg
+        return f"other ({ext.lower() or 'no extension'})"
     prefix, ext = match["prefix"].lower(), match["ext"].lower()
     if any(word in prefix for word in _FLOW_WORDS):
         return f"flow ({prefix}N.{ext})"
@@ -90,8 +100,12 @@ def refuse_unread_flow(found: Survey, layout: Layout) -> None:
                and match["ext"].lower() in ("jpg", "jpeg")
                and match["prefix"].lower() in {p.lower() for p in other.prefixes[1:]}]
     if match and match["ext"].lower() == "png":
-        what = ("PNG flow is not read (denseflow --st png writes one 3-channel PNG a field): convert it to grey "
-                "JPEG pairs, or extract the flow again with `flowprep extract`")
+        what = ("PNG flow is not read (denseflow --st png: one 3-channel PNG a field, with its own range in the "
+                "third channel): run denseflow again with --st jpg (grey JPEG pairs: the denseflow layout), or "
+                "extract from the videos with `flowprep extract`")
+    elif re.search(r"_[pm]\d+_\d+\.", name):
+        what = ("denseflow wrote them with -s other than 1 (flow between frames further apart); the store holds "
+                "the flow between neighbouring frames (denseflow -s 1)")
     elif readers:
         what = f"the {' or '.join(readers)} layout reads them (--layout {readers[0]})"
     else:
@@ -99,8 +113,60 @@ def refuse_unread_flow(found: Survey, layout: Layout) -> None:
     raise PlanError(f"{path}: {len(found.flow_like)} flow file(s) the {layout.name} layout does not read; {what}")
 
 
+@dataclass(frozen=True)
+class ZeroLevel:
+    """The grey level of 0 px, and why: the layout's tool, or what the files show."""
+
+    level: float
+    why: str
+
+
+def guess_zero_level(videos: list[VideoFolders], layout: Layout, sample: int = 4) -> ZeroLevel:
+    """The zero level the field files show. A tool that rounds (round(255·(d+B)/2B): dense_flow,
+    denseflow, gpu_flow) puts still pixels (|d| < half a level) at 128, or at 127 and 128 in turn where
+    the flow has noise; one that floors (mmaction2's flow_extraction.py) at 127 alone. So in the dx files
+    of a few videos: 80 % or more of the pixels at 127 or 128 at 127 is 127, otherwise 127.5. Too few
+    such pixels (everything moves), or files that do not decode: the layout's own."""
+    counts = np.zeros(2, np.int64)
+    picked = [v for v in videos if v.x is not None][:: max(1, len(videos) // sample)][:sample]
+    for video in picked:
+        try:
+            names = sorted(n for n in os.listdir(video.x) if n.startswith(layout.prefixes[1]) and n.endswith(".jpg"))
+        except OSError:
+            continue
+        for name in names[:: max(1, len(names) // 3)][:3]:
+            try:  # not cv2.imread: a FIFO must not block the plan
+                data = read_regular_file(os.path.join(video.x, name))
+            except OSError:
+                continue
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+            if image is not None:
+                counts += np.bincount(image.ravel(), minlength=256)[127:129]
+    total = int(counts.sum())
+    default = ZeroLevel(layout.zero_level, f"the {layout.name} layout's")
+    if total < 1000:
+        return default
+    share = counts[0] / total
+    if share >= 0.8:
+        return ZeroLevel(127.0, f"from the files: {share:.0%} of still pixels at 127, as a tool that floors")
+    return ZeroLevel(127.5, f"from the files: still pixels at 127 and 128 ({share:.0%} at 127), as a tool "
+                            "that rounds")
+
+
+def exported_mapping(source: Path) -> tuple[float, float] | None:
+    """(bound, zero level) of a tree ``flowprep export`` wrote, from the record it leaves in it (so its
+    files are read back as they were written); None for other trees."""
+    from flowprep.exporter import EXPORT_FILE
+
+    try:
+        settings = json.loads((source / EXPORT_FILE).read_text())
+        return float(settings["bound"]), float(settings["zero_level"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def describe(layout: Layout, chosen_by: str, settings: ImportSettings, videos: list[VideoFolders],
-             found: Survey, sample: int = 3) -> list[str]:
+             found: Survey, sample: int = 3, zero_why: str = "--zero-level") -> list[str]:
     """The plan, a line each (see the module docstring)."""
     lines = [f"layout   {layout.name} ({chosen_by}); {len(videos)} videos, e.g. "
              + ", ".join(v.video for v in videos[:sample]) + ("" if len(videos) > sample else "")]
@@ -109,14 +175,20 @@ def describe(layout: Layout, chosen_by: str, settings: ImportSettings, videos: l
         if stream not in settings.streams:
             continue
         digits = found.digits.get(role, layout.digits)
-        first = f"{layout.first:0{digits}d}"
+        first = f"{layout.first_of(role):0{digits}d}"
         lines.append(f"files    {names}: numbered from {first}, {digits} digits")
     if "rgb" in settings.streams and "flow" in settings.streams:
         lines.append("pairing  " + _pairing(layout, found))
     if "flow" in settings.streams:
         step = 2 * settings.bound / 255
         lines.append(f"levels   ±{settings.bound:g} px: level q is (q − {settings.zero_level:g})·{step:.4f} px "
-                     f"(0 px at {settings.zero_level:g}; --bound, --zero-level)")
+                     f"(0 px at {settings.zero_level:g}: {zero_why}; --bound, --zero-level)")
+        lines.append(f"tool     {layout.name}: {layout.tool}")
+        with_ranges = sum(1 for v in videos if v.ranges)
+        if with_ranges:
+            lines.append(f"ranges   {with_ranges} of {len(videos)} videos have gpu_flow's .bin of field ranges (e.g. "
+                         f"{next(v.ranges for v in videos if v.ranges)}): their levels are read by those, not "
+                         "by --bound")
     counts = []
     for v in videos[:sample]:
         counts.append(f"{v.video}: {_count(v.rgb, rgb, layout)} frames, {_count(v.x, x, layout)} field files")
@@ -138,10 +210,14 @@ def _pairing(layout: Layout, found: Survey) -> str:
         return f"{prefix}{n:0{digits}d}"
 
     a, b = layout.first, layout.first + 1
+    f = layout.first_of("x")
     if layout.flow_ends_at_frame:
         return (f"field file k is the flow from frame k−1 to {rgb}k (TSN dense_flow): stored field 0 = "
                 f"{name(x, b)} ({name(rgb, a)} → {name(rgb, b)}); {name(x, a)} is dropped (its first frame "
                 "is not in the tree)")
+    if f != a:  # mmaction2 build_rawframes.py --use-opencv: RGB from 1, flow from 0
+        return (f"field file k is the flow from {rgb}k{a - f:+d} to {rgb}k{b - f:+d}: stored field 0 = "
+                f"{name(x, f)} ({name(rgb, a)} → {name(rgb, b)})")
     return f"field file k is the flow from {rgb}k to {rgb}k+1: stored field 0 = {name(x, a)} ({name(rgb, a)} → " \
            f"{name(rgb, b)})"
 

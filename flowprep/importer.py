@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from flowprep.errors import SettingError, UserError
-from flowprep.layouts import Layout, VideoFolders, find_video_folders, scan_folder
+from flowprep.layouts import ROLES, Layout, VideoFolders, find_video_folders, scan_folder
 from flowprep.run import Failure, RunReport, begin_run, library_versions, record_failure
 from flowprep.storage.atomic import write_json_atomic
 from flowprep.storage.codec import linear_range, pack_flow_jpegs
@@ -60,9 +60,11 @@ class ImportedVideo:
     meta: VideoMeta
 
 
-def _numbered(folder: str, prefix: str, layout: Layout, what: str, scans: dict[str, dict]) -> list[str]:
+def _numbered(folder: str, role: str, layout: Layout, what: str, scans: dict[str, dict]) -> list[str]:
     """The file names of one numbered series, in order; FrameError on a gap or another first number.
     ``scans``: folders listed already (RGB, dx and dy often share one)."""
+    prefix = layout.prefixes[ROLES.index(role)]
+    first = layout.first_of(role)
     if folder not in scans:
         try:
             scans[folder] = scan_folder(folder)
@@ -72,9 +74,9 @@ def _numbered(folder: str, prefix: str, layout: Layout, what: str, scans: dict[s
     if not files:
         raise FrameError(f"{folder}: no {what} files ({prefix}{'0' * layout.digits}N.jpg)")
     numbers = sorted(files)
-    if numbers[0] != layout.first:
+    if numbers[0] != first:
         raise FrameError(f"{folder}: {what} files start at {files[numbers[0]]}; the {layout.name} layout "
-                         f"numbers from {layout.first} ({layout.file_name('rgb', 0)})"
+                         f"numbers them from {first} ({layout.file_name(role, 0)})"
                          + (" - another --layout?" if numbers[0] in (0, 1) else ""))
     if numbers[-1] - numbers[0] + 1 != len(numbers):
         have = set(numbers)
@@ -84,7 +86,7 @@ def _numbered(folder: str, prefix: str, layout: Layout, what: str, scans: dict[s
     return [files[n] for n in numbers]
 
 
-def _read_file(path: str) -> bytes:
+def read_regular_file(path: str) -> bytes:
     """The bytes of a file, through os.read: a third of the time of open().read() for files of a
     few KB, which is most of the work of an import."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the reader
@@ -107,7 +109,7 @@ def _read(folder: str, name: str, check_data: bool, flow: bool) -> tuple[bytes, 
     3-channel flow file is always decoded: it must be grey."""
     path = f"{folder}/{name}"
     try:
-        data = _read_file(path)
+        data = read_regular_file(path)
     except OSError as exc:
         raise FrameError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
@@ -161,18 +163,17 @@ def _list_files(folders: VideoFolders, settings: ImportSettings, layout: Layout,
     rgb_names: list[str] = []
     x_names: list[str] = []
     y_names: list[str] = []
-    rgb_prefix, x_prefix, y_prefix = layout.prefixes
     scans: dict[str, dict] = {}
     if "rgb" in settings.streams:
         if folders.rgb is None:
             raise FrameError(f"{folders.x}: flow files but no RGB frames for this video in the RGB tree")
-        rgb_names = _numbered(folders.rgb, rgb_prefix, layout, "RGB frame", scans)
+        rgb_names = _numbered(folders.rgb, "rgb", layout, "RGB frame", scans)
     if "flow" in settings.streams:
         if folders.x is None or folders.y is None:
             what = "flow" if folders.x is None and folders.y is None else "dx" if folders.x is None else "dy"
             raise FrameError(f"{folders.rgb or folders.x or folders.y}: no {what} files for this video")
-        x_names = _numbered(folders.x, x_prefix, layout, "dx", scans)
-        y_names = _numbered(folders.y, y_prefix, layout, "dy", scans)
+        x_names = _numbered(folders.x, "x", layout, "dx", scans)
+        y_names = _numbered(folders.y, "y", layout, "dy", scans)
         if len(x_names) != len(y_names):
             longer, folder = (x_names, folders.y) if len(x_names) > len(y_names) else (y_names, folders.x)
             missing = longer[min(len(x_names), len(y_names))]
@@ -186,6 +187,23 @@ def _list_files(folders: VideoFolders, settings: ImportSettings, layout: Layout,
         x_names, y_names = x_names[1:], y_names[1:]
     num_rgb, num_flow, notes = _counts(len(rgb_names), len(x_names), trim_rgb, folders.rgb or folders.x or "")
     return rgb_names[:num_rgb], x_names[:num_flow], y_names[:num_flow], shift_notes + notes
+
+
+def _field_ranges(path: str, fields: int) -> np.ndarray:
+    """gpu_flow's .bin of one video: (min dx, max dx, min dy, max dy) in pixels per field, float32 as
+    it writes them, a row a field (at least ``fields`` rows). Level q of a field file means
+    min + q·(max − min)/255, as gpu_flow rounds. FrameError where the file cannot be the ranges."""
+    try:
+        data = read_regular_file(path)
+    except OSError as exc:
+        raise FrameError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if len(data) % 16 or len(data) // 16 < fields:
+        raise FrameError(f"{path}: {len(data)} bytes, but {fields} fields need {16 * fields} (4 float32 a field: "
+                         "gpu_flow's min and max of dx and dy)")
+    ranges = np.frombuffer(data, "<f4").reshape(-1, 4)[:fields].astype(np.float64)
+    if not np.isfinite(ranges).all() or (ranges[:, 1] < ranges[:, 0]).any() or (ranges[:, 3] < ranges[:, 2]).any():
+        raise FrameError(f"{path}: not gpu_flow's field ranges (a max below its min, or not a number)")
+    return ranges
 
 
 def import_video(folders: VideoFolders, settings: ImportSettings, layout: Layout, trim_rgb: bool = False,
@@ -215,19 +233,22 @@ def import_video(folders: VideoFolders, settings: ImportSettings, layout: Layout
         records.append((record_key(folders.video, "rgb", t), data))
         rgb_bytes += len(data)
     lo, hi = linear_range(settings.bound, settings.zero_level)
+    ranges = _field_ranges(folders.ranges, len(x_names)) if folders.ranges and x_names else None
     for t, (x_name, y_name) in enumerate(zip(x_names, y_names, strict=True)):
         jx, x_info = _read(folders.x, x_name, check_data, flow=True)
         jy, y_info = _read(folders.y, y_name, check_data, flow=True)
         check_size(x_info, os.path.join(folders.x, x_name))
         check_size(y_info, os.path.join(folders.y, y_name))
-        record = pack_flow_jpegs(jx, jy, lo, hi)
+        x_range, y_range = ((lo, hi), (lo, hi)) if ranges is None else (tuple(ranges[t, :2]), tuple(ranges[t, 2:]))
+        record = pack_flow_jpegs(jx, jy, *x_range, y_range=y_range)
         records.append((record_key(folders.video, "flow", t), record))
         flow_bytes += len(record)
     width, height = size
     meta = VideoMeta(
         video=folders.video,
-        source={kind: os.path.abspath(folder) for kind, folder in
-                (("rgb", folders.rgb), ("x", folders.x), ("y", folders.y)) if folder is not None},
+        source={kind: os.path.abspath(path) for kind, path in
+                (("rgb", folders.rgb), ("x", folders.x), ("y", folders.y),
+                 ("ranges", folders.ranges if ranges is not None else None)) if path is not None},
         num_frames=len(rgb_names), num_flows=len(x_names), num_backward=0, width=width, height=height,
         source_width=width, source_height=height, header_frames=None, fps=None,
         flow=FlowInfo(settings.flow_algo, f"imported from {layout.name} files", {}), bound=settings.bound,

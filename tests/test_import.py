@@ -20,7 +20,7 @@ from conftest import write_config, write_video
 from flowprep.exporter import run_export
 from flowprep.importer import run_import
 from flowprep.layouts import LAYOUTS, Layout, detect_layout, find_video_folders
-from flowprep.storage.codec import unpack_flow_record
+from flowprep.storage.codec import linear_range, unpack_flow_record
 from flowprep.storage.settings import ImportSettings
 from flowprep.storage.store import FlowStore, read_failures
 from trainer.config import load_config
@@ -36,9 +36,11 @@ def flowprep(*args: object) -> subprocess.CompletedProcess:
                           timeout=300, cwd=REPO)
 
 
-def tool_levels(component: np.ndarray, bound: float = BOUND) -> np.ndarray:
-    """What TSN's dense_flow and denseflow write: round(255·(d + B)/2B), clipped (0 px at level 127.5)."""
-    return np.clip(np.rint(255.0 * (component + bound) / (2 * bound)), 0, 255).astype(np.uint8)
+def tool_levels(component: np.ndarray, bound: float = BOUND, floor: bool = False) -> np.ndarray:
+    """What TSN's dense_flow, denseflow and gpu_flow write: round(255·(d + B)/2B), clipped (0 px at level
+    127.5); ``floor``: mmaction2's flow_extraction.py, which clips then truncates (0 px at level 127)."""
+    levels = 255.0 * (np.clip(component, -bound, bound) + bound) / (2 * bound)
+    return (np.floor(levels) if floor else np.clip(np.rint(levels), 0, 255)).astype(np.uint8)
 
 
 def write_frames_and_flow(video: Path, layout: Layout, rgb_dir: Path, x_dir: Path, y_dir: Path,
@@ -63,7 +65,7 @@ def write_frames_and_flow(video: Path, layout: Layout, rgb_dir: Path, x_dir: Pat
         a, b = (cv2.cvtColor(frames[min(i, len(frames) - 1)], cv2.COLOR_BGR2GRAY) for i in (t, t + 1))
         flow = dis.calc(a, b, None)
         for c, folder, role in ((0, x_dir, "x"), (1, y_dir, "y")):
-            levels = tool_levels(flow[..., c])
+            levels = tool_levels(flow[..., c], floor=layout.zero_level == 127)
             if colour_flow:
                 levels = cv2.cvtColor(levels, cv2.COLOR_GRAY2BGR)
             cv2.imwrite(str(folder / layout.file_name(role, t)), levels)
@@ -107,7 +109,7 @@ def do_import(source: Path, out: Path, rgb: Path | None = None, layout: str = "a
               **options) -> object:
     chosen = LAYOUTS[layout] if layout != "auto" else detect_layout(source, rgb)
     found, videos = find_video_folders(source, chosen, rgb, streams)
-    settings = ImportSettings(chosen.name, options.pop("bound", BOUND), options.pop("zero_level", 127.5),
+    settings = ImportSettings(chosen.name, options.pop("bound", BOUND), options.pop("zero_level", chosen.zero_level),
                               streams=found)
     return run_import(source, out, chosen, settings, rgb, videos=videos, **options)
 
@@ -131,12 +133,13 @@ def test_each_layout_imports_exports_and_imports_again_byte_for_byte(
     y_dir = source / ("v" if layout.uv else "") / "walk/clip_a"
     assert store.records("walk/clip_a", "rgb", [3])[0] == (rgb_dir / layout.file_name("rgb", 3)).read_bytes()
     _, (lo, hi), _, jx, jy = unpack_flow_record(store.records("walk/clip_a", "flow", [2])[0])
-    assert (lo, hi) == (-BOUND, BOUND)
+    assert (lo, hi) == pytest.approx(linear_range(BOUND, layout.zero_level))
     assert bytes(jx) == (x_dir / layout.file_name("x", 2 + drop)).read_bytes()  # from stored frame 2 to 3
     assert bytes(jy) == (y_dir / layout.file_name("y", 2 + drop)).read_bytes()
-    # pixels: the other tools' mapping, level·2B/255 − B
+    # pixels: the other tools' mapping, (level − zero level)·2B/255
     levels = cv2.imread(str(x_dir / layout.file_name("x", 2 + drop)), cv2.IMREAD_GRAYSCALE)
-    np.testing.assert_allclose(store.flow("walk/clip_a", 2)[..., 0], levels * (2 * BOUND / 255) - BOUND, atol=1e-5)
+    np.testing.assert_allclose(store.flow("walk/clip_a", 2)[..., 0],
+                               (levels - layout.zero_level) * (2 * BOUND / 255), atol=1e-5)
     assert flowprep("verify", tmp_path / "store").returncode == 0
 
     report = run_export(tmp_path / "store", tmp_path / "exported", layout)
@@ -226,7 +229,7 @@ def test_count_mismatches_and_bad_files_are_named_failures(clips: dict[str, Path
     # TSN trees (dense_flow): 6 frames 1..6 and field files 1..N; file 1 starts at frame 0, not written
     assert reasons["more_flow"] == "8 flow fields but only 6 RGB frames (expected at most 6)"
     assert "6 RGB frames but 2 flow fields (expected 5); --trim-rgb" in reasons["fewer_flow"]
-    assert "start at img_00000.jpg; the tsn layout numbers from 1" in reasons["zero_based"]
+    assert "start at img_00000.jpg; the tsn layout numbers them from 1" in reasons["zero_based"]
     for reason in reasons.values():
         assert "\n" not in reason and "Traceback" not in reason
     store = FlowStore(tmp_path / "store")
@@ -257,7 +260,8 @@ def test_grey_flow_saved_as_colour_reads_as_grey(clips: dict[str, Path], tmp_pat
     write_frames_and_flow(clips["run/clip_c"], layout, folder, folder, folder, colour_flow=True)
     assert do_import(tmp_path / "tree", tmp_path / "store").stored == 1
     levels = cv2.imread(str(folder / "x_00002.jpg"), cv2.IMREAD_GRAYSCALE).astype(np.float32)
-    np.testing.assert_allclose(FlowStore(tmp_path / "store").flow("v1", 1)[..., 0], levels * 40 / 255 - 20, atol=1e-5)
+    np.testing.assert_allclose(FlowStore(tmp_path / "store").flow("v1", 1)[..., 0], (levels - 127) * 40 / 255,
+                               atol=1e-5)  # flow_extraction.py floors: 0 px at 127
     # a colour image as flow is refused
     image = cv2.imread(str(folder / "img_00001.jpg"))
     cv2.imwrite(str(folder / "x_00001.jpg"), image)
@@ -449,7 +453,103 @@ def test_the_folder_of_both_archives_and_export_digits(clips: dict[str, Path], t
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "six" / "walk" / "clip_a").iterdir())[:2] == ["img_000001.jpg",
                                                                                           "img_000002.jpg"]
-    do_import(tmp_path / "six", tmp_path / "again")
+    # the export's record says its files' zero level (127.5, the uv files'), not the mmaction layout's 127
+    result = flowprep("import", tmp_path / "six", tmp_path / "again")
+    assert result.returncode == 0 and "0 px at 127.5: written by flowprep export" in result.stderr
     assert store_records(tmp_path / "again") == store_records(tmp_path / "store")
     other = flowprep("export", tmp_path / "store", tmp_path / "six", "--layout", "mmaction")
     assert other.returncode == 2 and "digits=6" in other.stderr
+
+
+def write_gpu_flow_tree(video: Path, out: Path, name: str) -> np.ndarray:
+    """A video as newer gpu_flow (feichtenhofer/gpu_flow, compute_flow.cpp) writes it with clipFlow off:
+    OUT/x/<name>/frame%06d.jpg and OUT/y/... from 1 (field k: frame k−1 → k, 0-based frames), RGB
+    OUT/rgb/<name>/frame%06d.jpg from 1 (frame k−1), each field mapped from its own [min, max] onto
+    [0, 255] by rounding, and the ranges in OUT/bins/<name>.bin (4 float32 a field); an empty
+    OUT/bins/<name>/ folder as it makes one. Returns the ranges."""
+    capture = cv2.VideoCapture(str(video))
+    frames = []
+    while (got := capture.read())[0]:
+        frames.append(got[1])
+    for sub in ("x", "y", "rgb", "bins"):
+        (out / sub / name).mkdir(parents=True, exist_ok=True)
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    ranges = []
+    for k in range(1, len(frames)):
+        a, b = (cv2.cvtColor(frames[i], cv2.COLOR_BGR2GRAY) for i in (k - 1, k))
+        flow = dis.calc(a, b, None)
+        row = []
+        for c, sub in ((0, "x"), (1, "y")):
+            lo, hi = float(flow[..., c].min()), float(flow[..., c].max())
+            levels = np.clip(np.rint(255 * (flow[..., c] - lo) / (hi - lo)), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(out / sub / name / f"frame{k:06d}.jpg"), levels)
+            row += [lo, hi]
+        ranges.append(row)
+    for k, frame in enumerate(frames, start=1):
+        cv2.imwrite(str(out / "rgb" / name / f"frame{k:06d}.jpg"), frame)
+    array = np.asarray(ranges, np.float32)
+    (out / "bins" / f"{name}.bin").write_bytes(array.tobytes())
+    return array
+
+
+def test_trees_of_newer_gpu_flow_mmaction_tools_and_denseflow_steps(clips: dict[str, Path], tmp_path: Path) -> None:
+    """Trees as the tools write them (read from their source): newer gpu_flow (x/, y/, rgb/, per-field
+    ranges in bins/), mmaction2's flow_extraction.py (floor: 0 px at 127) and its build_rawframes.py
+    --use-opencv (RGB from 1, flow from 0), denseflow -s 2 beside -s 1."""
+    # gpu_flow, clipFlow off: each field its own range, read from bins/<video>.bin
+    tree = tmp_path / "gpu_flow"
+    ranges = {name: write_gpu_flow_tree(clips[f"walk/{name}"], tree, name) for name in ("clip_a", "clip_b")}
+    result = flowprep("import", tree, tmp_path / "gf")
+    assert result.returncode == 0, result.stderr
+    assert "plan: ranges   2 of 2 videos have gpu_flow's .bin of field ranges" in result.stderr
+    assert "content:" not in result.stderr  # the content check of the import found nothing to say
+    store = FlowStore(tmp_path / "gf")
+    assert store.videos() == ["clip_a", "clip_b"]
+    meta = store.meta("clip_a")
+    assert (meta["num_frames"], meta["num_flows"]) == (7, 6)
+    assert meta["source"]["ranges"] == str(tree / "bins" / "clip_a.bin")
+    for t in range(6):  # record by record: field t is x/frame{t+1}, over stored frames t → t+1
+        _, x_range, y_range, jx, jy = unpack_flow_record(store.records("clip_a", "flow", [t])[0])
+        assert bytes(jx) == (tree / "x" / "clip_a" / f"frame{t + 1:06d}.jpg").read_bytes()
+        assert (x_range, y_range) == (tuple(ranges["clip_a"][t, :2]), tuple(ranges["clip_a"][t, 2:]))
+        levels = cv2.imread(str(tree / "y" / "clip_a" / f"frame{t + 1:06d}.jpg"), cv2.IMREAD_GRAYSCALE)
+        lo, hi = ranges["clip_a"][t, 2:]
+        np.testing.assert_allclose(store.flow("clip_a", t)[..., 1], lo + levels * (hi - lo) / 255, atol=1e-4)
+        rgb_file = tree / "rgb" / "clip_a" / f"frame{t + 1:06d}.jpg"
+        assert store.records("clip_a", "rgb", [t])[0] == rgb_file.read_bytes()
+    checked = flowprep("verify", tmp_path / "gf", "--content")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # older gpu_flow: u/ and v/, the range file beside the video's folder in u/
+    old = tmp_path / "gpu_flow_old"
+    shutil.copytree(tree, old)
+    (old / "x").rename(old / "u")
+    (old / "y").rename(old / "v")
+    (old / "bins" / "clip_a.bin").rename(old / "u" / "clip_a.bin")
+    assert flowprep("import", old, tmp_path / "gf-old").returncode == 0
+    assert FlowStore(tmp_path / "gf-old").meta("clip_a")["source"]["ranges"] == str(old / "u" / "clip_a.bin")
+    assert store_records(tmp_path / "gf-old") == store_records(tmp_path / "gf")
+    # a range file too short for the video's fields is that video's failure, named
+    (tree / "bins" / "clip_b.bin").write_bytes(ranges["clip_b"][:2].tobytes())
+    result = flowprep("import", tree, tmp_path / "gf2")
+    assert result.returncode == 1 and "clip_b.bin: 32 bytes, but 5 fields need 80" in result.stderr
+
+    # mmaction2 flow_extraction.py floors: the plan finds 0 px at 127 in the files
+    for name, zero, how in (("mmaction", 127, "floors"), ("tsn", 127.5, "rounds")):
+        root = tmp_path / name
+        write_frames_and_flow(clips["run/clip_c"], LAYOUTS[name], *[root / "run" / "clip_c"] * 3)
+        dry = flowprep("import", root, tmp_path / f"{name}-store", "--dry-run")
+        assert f"(0 px at {zero:g}: from the files:" in dry.stdout and f"as a tool that {how}" in dry.stdout
+
+    # build_rawframes.py --use-opencv: img_ from 1 (OpenCV) and flow_x_ from 0 (denseflow) in one folder
+    root = tmp_path / "opencv"
+    write_frames_and_flow(clips["walk/clip_a"], LAYOUTS["mmaction-opencv"], *[root / "walk" / "clip_a"] * 3)
+    assert sorted(p.name for p in (root / "walk" / "clip_a").iterdir())[:2] == ["flow_x_00000.jpg", "flow_x_00001.jpg"]
+    dry = flowprep("import", root, tmp_path / "opencv-store", "--dry-run")
+    assert "layout   mmaction-opencv (auto: from the file names)" in dry.stdout
+    assert ("pairing  field file k is the flow from img_k+1 to img_k+2: stored field 0 = flow_x_00000 "
+            "(img_00001 → img_00002)") in dry.stdout
+    # denseflow -s 2 beside -s 1: flow between frames two apart is refused, not dropped in silence
+    folder = root / "walk" / "clip_a"
+    shutil.copy(folder / "flow_x_00000.jpg", folder / "flow_x_p2_00000.jpg")
+    refused = flowprep("import", root, tmp_path / "opencv-store")
+    assert refused.returncode == 2 and "denseflow wrote them with -s other than 1" in refused.stderr.splitlines()[-1]

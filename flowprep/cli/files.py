@@ -14,8 +14,8 @@ import numpy as np
 from flowprep.algorithms.registry import ALGORITHMS
 from flowprep.cli.common import exit_for, fail, human_bytes, parse_size, run_with_bar
 from flowprep.errors import UserError
-from flowprep.exporter import ExportReport, run_export
-from flowprep.import_plan import describe, refuse_unread_flow, survey
+from flowprep.exporter import EXPORT_FILE, ExportReport, run_export
+from flowprep.import_plan import ZeroLevel, describe, exported_mapping, guess_zero_level, refuse_unread_flow, survey
 from flowprep.importer import run_import
 from flowprep.layouts import LAYOUTS, detect_layout, find_video_folders, split_archives
 from flowprep.storage.settings import ImportSettings
@@ -27,20 +27,22 @@ STREAMS = {"auto": None, "both": ("rgb", "flow"), "rgb": ("rgb",), "flow": ("flo
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--layout", type=click.Choice(["auto", *LAYOUTS]), default="auto", show_default=True,
-              help="File names of the tool that wrote SOURCE: mmaction (img_00001, x_00001, y_00001), tsn "
-                   "(img_00001, flow_x_00001, flow_y_00001), denseflow (img_00000, flow_x_00000, 0-based), "
-                   "uv (SOURCE/u/<video>/frame000001.jpg, SOURCE/v/..., RGB in --rgb DIR or SOURCE/rgb); auto: from "
-                   "the files.")
+              help="File names of the tool that wrote SOURCE: mmaction (mmaction2 flow_extraction.py: img_00001, "
+                   "x_00001, y_00001), mmaction-opencv (mmaction2 build_rawframes.py --use-opencv: img_00001, "
+                   "flow_x_00000), tsn (TSN dense_flow: img_00001, flow_x_00001, field k ends at img_k), denseflow "
+                   "(img_00000, flow_x_00000), uv (gpu_flow: SOURCE/u/<video>/frame000001.jpg, SOURCE/v/... or x/, "
+                   "y/; RGB in --rgb DIR or SOURCE/rgb); auto: from the files.")
 @click.option("--rgb", "rgb_tree", type=click.Path(path_type=Path), default=None,
               help="RGB frames are in this tree (same <class>/<video> folders) rather than beside the flow.")
 @click.option("--streams", type=click.Choice(list(STREAMS)), default="auto", show_default=True,
               help="What to import; auto: whatever the tree holds (RGB, flow or both).")
-@click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
-              help="Pixels the other tool mapped onto [0,255] as ±BOUND (denseflow's default: 20; some "
-                   "scripts use 15 or 32). The files are kept as they are; this says what they mean.")
-@click.option("--zero-level", type=click.FloatRange(0, 255), default=127.5, show_default=True,
-              help="Grey level of 0 px: 127.5 for TSN dense_flow and denseflow (round(255·(d+B)/2B)), "
-                   "127 for mmcv's quantize_flow.")
+@click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Pixels the other tool mapped onto [0,255] as ±BOUND [default: 20, what each layout's tool "
+                   "writes as its users run it; denseflow run by hand: 32]. The files are kept as they are; this "
+                   "says what they mean.")
+@click.option("--zero-level", type=click.FloatRange(0, 255), default=None,
+              help="Grey level of 0 px [default: the layout's: 127.5 where the tool rounds (dense_flow, "
+                   "denseflow, gpu_flow), 127 for mmaction (flow_extraction.py floors)].")
 @click.option("--flow-algo", type=click.Choice(ALGORITHMS), default="tvl1", show_default=True,
               help="The algorithm the other tool ran (recorded; `trainer predict` needs it).")
 @click.option("--trim-rgb", is_flag=True,
@@ -59,9 +61,9 @@ STREAMS = {"auto": None, "both": ("rgb", "flow"), "rgb": ("rgb",), "flow": ("flo
 @click.option("--dry-run", is_flag=True,
               help="Print the plan (layout, numbering, pairing, counts, levels, files not read) and stop: "
                    "nothing is written. A real run prints it first too.")
-def import_command(source: Path, out: Path, layout: str, rgb_tree: Path | None, streams: str, bound: float,
-                   zero_level: float, flow_algo: str, trim_rgb: bool, workers: int, shard_size: str,
-                   check_data: bool, content_check: bool, dry_run: bool) -> None:
+def import_command(source: Path, out: Path, layout: str, rgb_tree: Path | None, streams: str,
+                   bound: float | None, zero_level: float | None, flow_algo: str, trim_rgb: bool, workers: int,
+                   shard_size: str, check_data: bool, content_check: bool, dry_run: bool) -> None:
     """Import frames and flow that another tool extracted as JPEG files (a folder per video) into the
     store OUT, byte for byte: no decoding, no second JPEG loss.
 
@@ -83,10 +85,18 @@ def import_command(source: Path, out: Path, layout: str, rgb_tree: Path | None, 
             source, rgb_tree = archives
         chosen = LAYOUTS[layout] if layout != "auto" else detect_layout(source, rgb_tree)
         found, videos = find_video_folders(source, chosen, rgb_tree, STREAMS[streams])
-        settings = ImportSettings(chosen.name, bound, zero_level, flow_algo, found)
+        exported = exported_mapping(source)
+        if zero_level is not None:
+            zero = ZeroLevel(zero_level, "--zero-level")
+        elif exported is not None:
+            zero = ZeroLevel(exported[1], f"written by flowprep export, as {source / EXPORT_FILE} says")
+        else:
+            zero = guess_zero_level(videos, chosen)
+        bound = bound if bound is not None else exported[0] if exported is not None else chosen.bound
+        settings = ImportSettings(chosen.name, bound, zero.level, flow_algo, found)
         files = survey(videos, chosen)
         plan = describe(chosen, "--layout" if layout != "auto" else "auto: from the file names", settings, videos,
-                        files)
+                        files, zero_why=zero.why)
         for line in plan:
             click.echo(f"plan: {line}" if not dry_run else line, err=not dry_run)
         refuse_unread_flow(files, chosen)
@@ -141,7 +151,8 @@ def warn_on_content(out: Path, sample: int = 5) -> None:
               help="Pixels the target tool reads [0,255] as ±BOUND [default: the imported files' own bound, "
                    "else the store's].")
 @click.option("--zero-level", type=click.FloatRange(0, 255), default=None,
-              help="Grey level of 0 px the target tool reads [default: the imported files' own, else 127.5].")
+              help="Grey level of 0 px the target tool reads [default: the imported files' own, else the "
+                   "layout's: 127 for mmaction, 127.5 for the others].")
 @click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True,
               help="JPEG quality of flow fields whose levels must be mapped anew (not of files kept as they are).")
 @click.option("--video", "videos", multiple=True, help="Export only this video id (repeatable).")

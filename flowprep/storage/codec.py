@@ -121,9 +121,12 @@ def linear_range(bound: float, zero_level: float) -> tuple[float, float]:
     return -zero_level * step, (255.0 - zero_level) * step
 
 
-def pack_flow_jpegs(jpeg_x: bytes, jpeg_y: bytes, lo: float, hi: float) -> bytes:
-    """A flow record around two existing grey JPEGs (the bytes are kept exactly), in the linear mode."""
-    return HEADER.pack(MAGIC, VERSION, LINEAR, lo, hi, lo, hi, len(jpeg_x), len(jpeg_y)) + jpeg_x + jpeg_y
+def pack_flow_jpegs(jpeg_x: bytes, jpeg_y: bytes, lo: float, hi: float,
+                    y_range: tuple[float, float] | None = None) -> bytes:
+    """A flow record around two existing grey JPEGs (the bytes are kept exactly), in the linear mode:
+    level 0 of dx means ``lo`` pixels, 255 ``hi``; dy the same, or ``y_range`` where it differs."""
+    y_lo, y_hi = (lo, hi) if y_range is None else y_range
+    return HEADER.pack(MAGIC, VERSION, LINEAR, lo, hi, y_lo, y_hi, len(jpeg_x), len(jpeg_y)) + jpeg_x + jpeg_y
 
 
 def unpack_flow_record(record: bytes | memoryview) -> tuple[int, tuple[float, float], tuple[float, float],
