@@ -64,29 +64,32 @@ def cuda_tests(folder: Path, dry_run: bool) -> dict:
 
 
 def flow(folder: Path, dry_run: bool) -> dict:
-    """The PyTorch Brox: pairs/s at 320x240 and 340x256 for a few batches; EPE on Middlebury, here and on
-    the CPU; peak GPU memory."""
+    """The PyTorch Brox, fused (Triton kernels, triton-brox) and eager (torch-brox): pairs/s at 320x240
+    and 340x256 for a few batches; EPE on Middlebury, here and on the CPU; peak GPU memory."""
     from flowprep.algorithms.middlebury import end_point_error, read_flo
     from flowprep.algorithms.pairs import translation
     from flowprep.algorithms.registry import create_flow
 
     device = "cuda" if CUDA else "torch-cpu"
     params = {"outer_iterations": 1, "inner_iterations": 2} if dry_run else None
-    sizes, batches = ([(64, 48)], [1, 2]) if dry_run else ([(320, 240), (340, 256)], [1, 8, 32])
+    sizes, batches = ([(64, 48)], [1, 2]) if dry_run else ([(320, 240), (340, 256)], [1, 32, 128])
     figures = {}
-    method = create_flow("brox", params, device=device, max_batch=max(batches))
-    for w, h in sizes:
-        for batch in batches:
-            pairs = [translation(h, w, dx=3.0 + 0.1 * i, dy=-1.0, seed=i)[:2] for i in range(batch)]
-            method.max_batch = batch
-            method.many([pairs[0][0]], [pairs[0][1]])  # warm-up
-            if CUDA:
-                torch.cuda.synchronize()
-            done, start = 0, time.perf_counter()
-            while time.perf_counter() - start < (0.2 if dry_run else 3.0) or done == 0:
-                method.many([a for a, _ in pairs], [b for _, b in pairs])
-                done += batch
-            figures[f"eager {w}x{h} batch {batch} pairs/s"] = round(done / (time.perf_counter() - start), 2)
+    for kernel in ("fused", "eager") if CUDA else ("eager",):
+        chosen = {**(params or {}), **({"kernel": kernel} if CUDA else {})}
+        method = create_flow("brox", chosen, device=device, max_batch=max(batches))
+        for w, h in sizes:
+            for batch in batches:
+                pairs = [translation(h, w, dx=3.0 + 0.1 * i, dy=-1.0, seed=i)[:2] for i in range(batch)]
+                method.max_batch = batch
+                method.many([pairs[0][0]], [pairs[0][1]])  # warm-up (and the kernels' compile)
+                if CUDA:
+                    torch.cuda.synchronize()
+                done, start = 0, time.perf_counter()
+                while time.perf_counter() - start < (0.2 if dry_run else 3.0) or done == 0:
+                    method.many([a for a, _ in pairs], [b for _, b in pairs])
+                    done += batch
+                rate = done / (time.perf_counter() - start)
+                figures[f"{method.implementation} {w}x{h} batch {batch} pairs/s"] = round(rate, 2)
     if CUDA:
         figures["peak GPU memory GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     names = [n for n in ("RubberWhale", "Grove3", "Urban2") if (SHARED / "flow-gt" / n).is_dir()][:1 if dry_run else 3]

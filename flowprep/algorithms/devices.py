@@ -26,3 +26,11 @@ def torch_cuda_devices() -> int:
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
     except ImportError:
         return 0
+
+
+def triton_cuda_devices() -> int:
+    """CUDA devices the Triton kernels can run on: torch's, where triton is installed (found, not
+    imported: importing it costs seconds)."""
+    from importlib.util import find_spec
+
+    return torch_cuda_devices() if find_spec("triton") is not None else 0

@@ -7,7 +7,8 @@ recorded in each video's metadata (``flow.implementation``) so a store says how 
 
 * ``cpu``: the implementation that runs on the CPU;
 * ``cuda``: the first available GPU implementation in registry order (OpenCV's CUDA Brox where
-  OpenCV has CUDA, else the PyTorch Brox on a GPU torch sees); an error where none is;
+  OpenCV has CUDA, else the fused Triton Brox on a GPU torch sees, else the eager PyTorch Brox); an
+  error where none is. ``--param kernel=eager`` asks the Triton Brox for the eager one;
 * ``torch-cpu``: the PyTorch Brox on the CPU (the GPU code path, checked on a CPU);
 * ``auto``: ``cuda`` where a GPU implementation is available, else ``cpu``.
 
@@ -26,7 +27,12 @@ from importlib import import_module
 import cv2
 import numpy as np
 
-from flowprep.algorithms.devices import has_opencv_cuda_brox, opencv_cuda_devices, torch_cuda_devices
+from flowprep.algorithms.devices import (
+    has_opencv_cuda_brox,
+    opencv_cuda_devices,
+    torch_cuda_devices,
+    triton_cuda_devices,
+)
 from flowprep.algorithms.method import FlowError, FlowMethod
 from flowprep.errors import SettingError
 
@@ -64,6 +70,7 @@ class FlowImplementation:
     batched: bool = False
     gpus: Callable[[], int] = _no_gpu
     description: str = ""
+    choices: dict[str, tuple[str, ...]] = field(default_factory=dict)  # allowed values of text parameters
 
     def available(self) -> bool:
         """Whether its ``cuda`` device can be used here."""
@@ -76,7 +83,12 @@ class FlowImplementation:
             module, _, name = factory.partition(":")
             factory = getattr(import_module(module), name)
         method = factory({**self.defaults, **(params or {})}, device, max_batch)
-        method.name, method.implementation = self.algo, self.id  # what the metadata records is the spec's
+        # what the metadata records is the spec's, or another implementation of the same algorithm the
+        # factory handed over to (triton-brox with kernel=eager runs torch-brox)
+        handed_over = IMPLEMENTATIONS.get(method.implementation)
+        if handed_over is None or handed_over.algo != self.algo:
+            method.implementation = self.id
+        method.name = self.algo
         return method
 
 
@@ -122,11 +134,18 @@ register(FlowImplementation(
             "inner_iterations": _COUNT, "outer_iterations": _COUNT, "solver_iterations": _COUNT},
     gpus=lambda: opencv_cuda_devices() if has_opencv_cuda_brox() else 0,
     description="OpenCV's CUDA Brox (needs an OpenCV built with CUDA)"))
+_TORCH_BROX = {**_BROX_ENERGY,
+               "epsilon": 0.001,  # of the robust penaliser
+               "zeta": 0.01}  # added to the gradient magnitudes that normalise the data terms
+register(FlowImplementation(
+    "triton-brox", "brox", ("cuda",), factory="flowprep.algorithms.brox_triton:create_brox_triton",
+    defaults={**_TORCH_BROX, "kernel": "fused"},  # kernel=eager: torch-brox (the reference) instead
+    ranges={**_BROX_RANGES, "epsilon": _POSITIVE, "zeta": _NON_NEGATIVE}, batched=True,
+    gpus=triton_cuda_devices, choices={"kernel": ("fused", "eager")},
+    description="the PyTorch Brox as fused Triton kernels (flowprep/algorithms/brox_fused.py)"))
 register(FlowImplementation(
     "torch-brox", "brox", ("cuda", "torch-cpu"), factory="flowprep.algorithms.brox_torch:create_brox_torch",
-    defaults={**_BROX_ENERGY,
-              "epsilon": 0.001,  # of the robust penaliser
-              "zeta": 0.01},  # added to the gradient magnitudes that normalise the data terms
+    defaults=dict(_TORCH_BROX),
     ranges={**_BROX_RANGES, "epsilon": _POSITIVE, "zeta": _NON_NEGATIVE}, batched=True,
     gpus=torch_cuda_devices, description="the batched PyTorch Brox"))
 register(FlowImplementation(
@@ -256,6 +275,8 @@ def _coerce(spec: FlowImplementation, key: str, value: object) -> object:
     default = spec.defaults[key]
     setting = f"flow_params.{key}"
     if isinstance(default, str):
+        if key in spec.choices and str(value) not in spec.choices[key]:
+            raise SettingError(setting, f"must be one of {', '.join(spec.choices[key])}", value)
         return str(value)
     try:
         number = float(value)  # type: ignore[arg-type]

@@ -113,8 +113,9 @@ def _split_reports(pipeline: Pipeline, available: list[str], where: str) -> tupl
               help="CPU worker processes (each single-threaded when more than one).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="brox implementation: auto = OpenCV CUDA Brox if OpenCV has CUDA, else the PyTorch Brox on "
-                   "a GPU torch sees, else the CPU pyramid; cpu = the CPU pyramid; cuda = a GPU one; "
-                   "torch-cpu = the PyTorch Brox on the CPU.")
+                   "a GPU torch sees (as fused Triton kernels where triton is installed; --param kernel=eager: "
+                   "the eager one), else the CPU pyramid; cpu = the CPU pyramid; cuda = a GPU one; torch-cpu = "
+                   "the PyTorch Brox on the CPU.")
 @click.option("--gpus", type=click.IntRange(min=0), default=0, show_default=True,
               help="One worker per GPU (OpenCV CUDA Brox, or the PyTorch Brox); frames are decoded on the CPU.")
 @click.option("--batch", "max_batch", type=click.IntRange(min=1), default=32, show_default=True,

@@ -1,0 +1,313 @@
+"""The fused Brox: the energy of :mod:`flowprep.algorithms.brox_torch` cut into the passes a GPU runs
+as single kernels, and a torch mirror of those kernels' arithmetic.
+
+Why: the eager solver launches one small kernel per tensor operation (~179,000 a call at 320×240)
+and moves ~31 GB a frame pair (``bench/brox_model.py``); a red-black SOR sweep needs only the flow
+increment and a few coefficients per pixel. Per pyramid level the fused solver runs:
+
+* ``derivatives``: the second frame warped by the current flow (bilinear, coordinates clamped to the
+  image: grid_sample's border mode) and the eight derivative planes of the data terms, in two
+  passes (the first derivatives, then the second ones from them);
+* per fixed-point (outer) iteration, ``smoothness`` (the robust smoothness weight ψ′ per pixel from
+  the flow u + du) and ``coefficients`` (data-term weights, the SOR system: right sides, diagonals,
+  the u–v coupling);
+* per SOR (inner) iteration, ``sor`` once per colour: red pixels, then black.
+
+The SOR arrays are stored **by colour** (checkerboard packing): colour c = (y + x) mod 2 of pixel
+(y, x) lives at ``packed[:, c, y, x // 2]``. A colour pass then reads only its own pixels'
+coefficients and the other colour's increments, ~52 bytes a pixel an iteration for both passes
+(interleaved, every pass would read every pixel's coefficients: ~88). The link weight between two
+pixels is 0.5·(ψ′(p) + ψ′(q)), rebuilt from the ψ′ plane where it is used, as the eager code does.
+
+:class:`MirrorOps` computes each pass with torch tensor operations in the same order of arithmetic as
+the kernels of :mod:`flowprep.algorithms.brox_triton` (the reference the kernels are tested against;
+it runs on any device). :func:`brox_flow_fused` drives either.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from flowprep.algorithms.brox_torch import BROX_TORCH_DEFAULTS, _gaussian, _pyramid, _resize_flow
+
+# the 5-tap derivative of the eager code, as float32 (its centre tap is 0)
+DERIVATIVE_TAPS = tuple(float(c) for c in (torch.tensor([1.0, -8.0, 0.0, 8.0, -1.0]) / 12.0))
+DERIVATIVE_PLANES = ("ix", "iy", "iz", "ixx", "ixy", "iyy", "ixz", "iyz")
+COEFFICIENT_PLANES = ("rhs_u", "rhs_v", "a12", "diag_u", "diag_v")
+
+
+def packed_width(width: int) -> int:
+    """Columns of one colour's array: ceil(W/2) (rows where the colour starts at x = 1 leave the last unused)."""
+    return (width + 1) // 2
+
+
+_INDEX_CACHE: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _pack_index(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat packed index, flat full-layout index) of every pixel: packed slot (c, y, j) holds pixel
+    (y, 2j + (y + c) mod 2)."""
+    key = (height, width, str(device))
+    if key not in _INDEX_CACHE:  # built with numpy (fixed sizes: fake tensors count the GPU path)
+        wc = packed_width(width)
+        c, y, j = np.meshgrid(np.arange(2), np.arange(height), np.arange(wc), indexing="ij")
+        x = 2 * j + (y + c) % 2
+        valid = (x < width).reshape(-1)
+        slots = np.arange(2 * height * wc)[valid]
+        pixels = (y * width + x).reshape(-1)[valid]
+        _INDEX_CACHE[key] = (torch.from_numpy(slots).to(device), torch.from_numpy(pixels).to(device))
+    return _INDEX_CACHE[key]
+
+
+def pack(full: torch.Tensor) -> torch.Tensor:
+    """N×H×W → N×2×H×Wc by colour; unused slots 0."""
+    n, h, w = full.shape
+    slots, pixels = _pack_index(h, w, full.device)
+    out = torch.zeros(n, 2 * h * packed_width(w), dtype=full.dtype, device=full.device)
+    out[:, slots] = full.reshape(n, h * w)[:, pixels]
+    return out.view(n, 2, h, packed_width(w))
+
+
+def unpack(packed: torch.Tensor, width: int) -> torch.Tensor:
+    """N×2×H×Wc → N×H×W."""
+    n, _, h, wc = packed.shape
+    slots, pixels = _pack_index(h, width, packed.device)
+    out = torch.empty(n, h * width, dtype=packed.dtype, device=packed.device)
+    out[:, pixels] = packed.reshape(n, 2 * h * wc)[:, slots]
+    return out.view(n, h, width)
+
+
+class FusedOps(Protocol):
+    """The passes of one pyramid level; arrays are float32, contiguous; N pairs."""
+
+    def derivatives(self, first: torch.Tensor, second: torch.Tensor, u: torch.Tensor, v: torch.Tensor
+                    ) -> torch.Tensor:
+        """N×H×W frames and flow → N×8×H×W planes (:data:`DERIVATIVE_PLANES`)."""
+
+    def smoothness(self, u: torch.Tensor, v: torch.Tensor, du: torch.Tensor, dv: torch.Tensor, alpha: float,
+                   eps2: float) -> torch.Tensor:
+        """ψ′ of the smoothness term at u + du, packed N×2×H×Wc (du, dv packed)."""
+
+    def coefficients(self, d: torch.Tensor, u: torch.Tensor, v: torch.Tensor, du: torch.Tensor, dv: torch.Tensor,
+                     psi: torch.Tensor, p: dict) -> torch.Tensor:
+        """The SOR system, packed N×5×2×H×Wc (:data:`COEFFICIENT_PLANES`)."""
+
+    def sor(self, colour: int, coeff: torch.Tensor, psi: torch.Tensor, du: torch.Tensor, dv: torch.Tensor,
+            omega: float, width: int) -> None:
+        """One SOR pass over the pixels of ``colour``, in place on packed du, dv (``width``: the image's)."""
+
+
+# --- the mirror: each pass with torch operations, in the kernels' order of arithmetic ---
+
+def _clamped_shift(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """images(y + dy, x + dx) with coordinates clamped to the image (replicated borders)."""
+    h, w = images.shape[-2:]
+    rows = (torch.arange(h, device=images.device) + dy).clamp(0, h - 1)
+    cols = (torch.arange(w, device=images.device) + dx).clamp(0, w - 1)
+    return images[..., rows, :][..., cols]
+
+
+def _derivative(images: torch.Tensor, axis: str) -> torch.Tensor:
+    """The 5-tap derivative with replicated borders, tap by tap from the left/top (the centre tap 0 skipped)."""
+    out = None
+    for k, tap in enumerate(DERIVATIVE_TAPS):
+        if tap == 0.0:
+            continue
+        shifted = _clamped_shift(images, k - 2, 0) if axis == "y" else _clamped_shift(images, 0, k - 2)
+        out = shifted * tap if out is None else out + shifted * tap
+    return out
+
+
+def warp_bilinear(images: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """images(x + u, y + v), bilinear, the sample point clamped to [0, W−1]×[0, H−1]; N×H×W."""
+    n, h, w = images.shape
+    ys = torch.arange(h, dtype=images.dtype, device=images.device).view(1, h, 1)
+    xs = torch.arange(w, dtype=images.dtype, device=images.device).view(1, 1, w)
+    px = (xs + u).clamp(0.0, float(w - 1))
+    py = (ys + v).clamp(0.0, float(h - 1))
+    x0f, y0f = torch.floor(px), torch.floor(py)
+    fx, fy = px - x0f, py - y0f
+    x0, y0 = x0f.long(), y0f.long()
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+    flat = images.reshape(n, h * w)
+
+    def at(yi: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        return torch.gather(flat, 1, (yi * w + xi).reshape(n, h * w)).view(n, h, w)
+
+    top = at(y0, x0) * (1.0 - fx) + at(y0, x1) * fx
+    bottom = at(y1, x0) * (1.0 - fx) + at(y1, x1) * fx
+    return top * (1.0 - fy) + bottom * fy
+
+
+def _link_weights(psi_full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weights of the links to the right, left, down and up neighbours, 0.5·(ψ′(p) + ψ′(q)), 0 off the image."""
+    right = F.pad(0.5 * (psi_full[..., 1:] + psi_full[..., :-1]), (0, 1))
+    left = F.pad(0.5 * (psi_full[..., 1:] + psi_full[..., :-1]), (1, 0))
+    down = F.pad(0.5 * (psi_full[..., 1:, :] + psi_full[..., :-1, :]), (0, 0, 0, 1))
+    up = F.pad(0.5 * (psi_full[..., 1:, :] + psi_full[..., :-1, :]), (0, 0, 1, 0))
+    return right, left, down, up
+
+
+def _neighbour_sum(weights: tuple[torch.Tensor, ...], field: torch.Tensor) -> torch.Tensor:
+    """Σ w·field over right, left, down, up neighbours, in that order (0 off the image)."""
+    right, left, down, up = weights
+    return (right * F.pad(field[..., 1:], (0, 1)) + left * F.pad(field[..., :-1], (1, 0))
+            + down * F.pad(field[..., 1:, :], (0, 0, 0, 1)) + up * F.pad(field[..., :-1, :], (0, 0, 1, 0)))
+
+
+class MirrorOps:
+    """The passes with torch operations (any device): the reference of the Triton kernels."""
+
+    def __init__(self) -> None:
+        self._coeff: torch.Tensor | None = None
+        self._system: dict[int, tuple] = {}
+
+    def derivatives(self, first: torch.Tensor, second: torch.Tensor, u: torch.Tensor, v: torch.Tensor
+                    ) -> torch.Tensor:
+        warped = warp_bilinear(second, u, v)
+        dxf, dyf = _derivative(first, "x"), _derivative(first, "y")
+        dxw, dyw = _derivative(warped, "x"), _derivative(warped, "y")
+        ix = 0.5 * (dxf + dxw)
+        iy = 0.5 * (dyf + dyw)
+        return torch.stack([ix, iy, warped - first, _derivative(ix, "x"), _derivative(ix, "y"), _derivative(iy, "y"),
+                            dxw - dxf, dyw - dyf], 1).contiguous()
+
+    def smoothness(self, u: torch.Tensor, v: torch.Tensor, du: torch.Tensor, dv: torch.Tensor, alpha: float,
+                   eps2: float) -> torch.Tensor:
+        w = u.shape[-1]
+        fu, fv = u + unpack(du, w), v + unpack(dv, w)
+        ux, vx = F.pad(fu[..., 1:] - fu[..., :-1], (0, 1)), F.pad(fv[..., 1:] - fv[..., :-1], (0, 1))
+        uy, vy = F.pad(fu[..., 1:, :] - fu[..., :-1, :], (0, 0, 0, 1)), F.pad(fv[..., 1:, :] - fv[..., :-1, :],
+                                                                            (0, 0, 0, 1))
+        psi = (alpha * 0.5) / torch.sqrt(ux * ux + uy * uy + vx * vx + vy * vy + eps2)
+        return pack(psi)
+
+    def coefficients(self, d: torch.Tensor, u: torch.Tensor, v: torch.Tensor, du: torch.Tensor, dv: torch.Tensor,
+                     psi: torch.Tensor, p: dict) -> torch.Tensor:
+        w = u.shape[-1]
+        ix, iy, iz, ixx, ixy, iyy, ixz, iyz = d.unbind(1)
+        du_f, dv_f = unpack(du, w), unpack(dv, w)
+        eps2, zeta = p["epsilon"] ** 2, p["zeta"]
+        norm_c = 1.0 / (ix * ix + iy * iy + zeta)
+        norm_x = 1.0 / (ixx * ixx + ixy * ixy + zeta)
+        norm_y = 1.0 / (ixy * ixy + iyy * iyy + zeta)
+        rc = iz + ix * du_f + iy * dv_f
+        psi_c = (p["delta"] * 0.5) / torch.sqrt(rc * rc * norm_c + eps2) * norm_c
+        rx = ixz + ixx * du_f + ixy * dv_f
+        ry = iyz + ixy * du_f + iyy * dv_f
+        psi_g = (p["gamma"] * 0.5) / torch.sqrt(rx * rx * norm_x + ry * ry * norm_y + eps2)
+        gx, gy = psi_g * norm_x, psi_g * norm_y
+        a11 = psi_c * ix * ix + gx * ixx * ixx + gy * ixy * ixy
+        a12 = psi_c * ix * iy + gx * ixx * ixy + gy * ixy * iyy
+        a22 = psi_c * iy * iy + gx * ixy * ixy + gy * iyy * iyy
+        b1 = -(psi_c * ix * iz + gx * ixx * ixz + gy * ixy * iyz)
+        b2 = -(psi_c * iy * iz + gx * ixy * ixz + gy * iyy * iyz)
+        weights = _link_weights(unpack(psi, w))
+        total = weights[0] + weights[1] + weights[2] + weights[3]
+        rhs_u = b1 + _neighbour_sum(weights, u) - total * u
+        rhs_v = b2 + _neighbour_sum(weights, v) - total * v
+        return torch.stack([pack(rhs_u), pack(rhs_v), pack(a12), pack(a11 + total), pack(a22 + total)], 1)
+
+    def sor(self, colour: int, coeff: torch.Tensor, psi: torch.Tensor, du: torch.Tensor, dv: torch.Tensor,
+            omega: float, width: int) -> None:
+        n, _, h, wc = du.shape
+        index, masks, valid = _neighbour_slots(h, width, du.device)[colour]
+        if self._coeff is not coeff:  # the system changes once per outer iteration
+            self._coeff, self._system = coeff, {}
+        if colour not in self._system:
+            flat_psi = psi.reshape(n, -1)
+            own_psi = flat_psi[:, colour * h * wc:(colour + 1) * h * wc]
+            zero = torch.zeros((), device=psi.device)
+            weights = (torch.where(masks[0], 0.5 * (flat_psi[:, index[0]] + own_psi), zero),
+                       torch.where(masks[1], 0.5 * (own_psi + flat_psi[:, index[1]]), zero),
+                       torch.where(masks[2], 0.5 * (flat_psi[:, index[2]] + own_psi), zero),
+                       torch.where(masks[3], 0.5 * (own_psi + flat_psi[:, index[3]]), zero))
+            self._system[colour] = (coeff[:, :, colour].reshape(n, 5, h * wc).unbind(1), weights)
+        (rhs_u, rhs_v, a12, diag_u, diag_v), (w_r, w_l, w_d, w_u) = self._system[colour]
+        flat_du, flat_dv = du.view(n, -1), dv.view(n, -1)
+        own_du = flat_du[:, colour * h * wc:(colour + 1) * h * wc]
+        own_dv = flat_dv[:, colour * h * wc:(colour + 1) * h * wc]
+        nu = (w_r * flat_du[:, index[0]] + w_l * flat_du[:, index[1]] + w_d * flat_du[:, index[2]]
+              + w_u * flat_du[:, index[3]])
+        new = (rhs_u + nu - a12 * own_dv) / diag_u
+        own_du.copy_(torch.where(valid, own_du + omega * (new - own_du), own_du))
+        nv = (w_r * flat_dv[:, index[0]] + w_l * flat_dv[:, index[1]] + w_d * flat_dv[:, index[2]]
+              + w_u * flat_dv[:, index[3]])
+        new = (rhs_v + nv - a12 * own_du) / diag_v
+        own_dv.copy_(torch.where(valid, own_dv + omega * (new - own_dv), own_dv))
+
+
+_NEIGHBOUR_CACHE: dict[tuple[int, int, str], list] = {}
+
+
+def _neighbour_slots(height: int, width: int, device: torch.device) -> list[tuple]:
+    """Per colour: (packed flat indices of the right, left, down and up neighbours of each slot of the
+    colour, clamped into the image; whether each neighbour exists; whether the slot holds a pixel), as
+    the SOR kernel forms them."""
+    key = (height, width, str(device))
+    if key not in _NEIGHBOUR_CACHE:
+        wc = packed_width(width)
+        y, j = (a.reshape(-1) for a in np.meshgrid(np.arange(height), np.arange(wc), indexing="ij"))
+        out = []
+        for colour in (0, 1):
+            x = 2 * j + (y + colour) % 2
+            valid = x < width
+            xc, other = np.minimum(x, width - 1), 1 - colour
+
+            def slot(yy: np.ndarray, xx: np.ndarray, other: int = other) -> torch.Tensor:
+                flat = other * height * wc + np.clip(yy, 0, height - 1) * wc + np.clip(xx, 0, width - 1) // 2
+                return torch.from_numpy(flat).to(device)
+
+            index = (slot(y, xc + 1), slot(y, xc - 1), slot(y + 1, xc), slot(y - 1, xc))
+            masks = tuple(torch.from_numpy(m).to(device) for m in
+                          (valid & (xc + 1 < width), valid & (xc >= 1), valid & (y + 1 < height), valid & (y >= 1)))
+            out.append((index, masks, torch.from_numpy(valid).to(device)))
+        _NEIGHBOUR_CACHE[key] = out
+    return _NEIGHBOUR_CACHE[key]
+
+
+def _refine(first: torch.Tensor, second: torch.Tensor, u: torch.Tensor, v: torch.Tensor, p: dict, ops: FusedOps
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pyramid level (N×H×W frames and flow): the fused passes, then u + du."""
+    n, h, w = first.shape
+    eps2 = p["epsilon"] ** 2
+    d = ops.derivatives(first, second, u, v)
+    du = torch.zeros(n, 2, h, packed_width(w), dtype=torch.float32, device=first.device)
+    dv = torch.zeros_like(du)
+    for _ in range(int(p["outer_iterations"])):
+        psi = ops.smoothness(u, v, du, dv, p["alpha"], eps2)
+        coeff = ops.coefficients(d, u, v, du, dv, psi, p)
+        for _ in range(int(p["inner_iterations"])):
+            ops.sor(0, coeff, psi, du, dv, p["omega"], w)
+            ops.sor(1, coeff, psi, du, dv, p["omega"], w)
+    return u + unpack(du, w), v + unpack(dv, w)
+
+
+@torch.no_grad()
+def brox_flow_fused(first: torch.Tensor, second: torch.Tensor, params: dict | None = None,
+                    ops: FusedOps | None = None) -> torch.Tensor:
+    """Flow of N pairs, as :func:`flowprep.algorithms.brox_torch.brox_flow` (N×H×W grey frames 0-255 →
+    N×H×W×2 float32 pixels), through ``ops`` (default: the torch mirror). Pre-smoothing, the pyramid and
+    the flow's resizing between levels are the eager code's (one pass each, once a level)."""
+    p = {**BROX_TORCH_DEFAULTS, **(params or {})}
+    ops = ops if ops is not None else MirrorOps()
+    a = first.to(torch.float32).unsqueeze(1)
+    b = second.to(torch.float32).unsqueeze(1)
+    if p["sigma"] > 0:
+        a, b = _gaussian(a, p["sigma"]), _gaussian(b, p["sigma"])
+    pyr_a = _pyramid(a, p["scale"], p["min_side"])
+    pyr_b = _pyramid(b, p["scale"], p["min_side"])
+    u = torch.zeros_like(pyr_a[-1])
+    v = torch.zeros_like(pyr_a[-1])
+    for level_a, level_b in zip(reversed(pyr_a), reversed(pyr_b), strict=True):
+        h, w = level_a.shape[-2:]
+        if u.shape[-2:] != (h, w):
+            u, v = _resize_flow(u, v, h, w)
+        fu, fv = _refine(level_a[:, 0].contiguous(), level_b[:, 0].contiguous(), u[:, 0].contiguous(),
+                         v[:, 0].contiguous(), p, ops)
+        u, v = fu.unsqueeze(1), fv.unsqueeze(1)
+    return torch.cat([u, v], 1).permute(0, 2, 3, 1).contiguous()
