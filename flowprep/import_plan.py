@@ -23,7 +23,7 @@ import numpy as np
 
 from flowprep.errors import UserError
 from flowprep.importer import read_regular_file
-from flowprep.layouts import LAYOUTS, Layout, VideoFolders
+from flowprep.layouts import LAYOUTS, ROLES, Layout, VideoFolders
 from flowprep.storage.settings import ImportSettings
 
 _IMAGE = re.compile(r"^(?P<prefix>[a-z_]*?)(?P<number>\d+)\.(?P<ext>jpe?g|png|bmp|tiff?)$", re.IGNORECASE)
@@ -43,6 +43,8 @@ class Survey:
     unread: Counter = field(default_factory=Counter)  # kind of file → count
     examples: dict[str, str] = field(default_factory=dict)  # kind → one path
     flow_like: list[str] = field(default_factory=list)  # paths of unread files that look like flow
+    firsts: dict[str, Counter] = field(default_factory=dict)  # role → {first number of a folder: folders}
+    first_example: dict[str, str] = field(default_factory=dict)  # role → a folder's first file of that role
 
 
 def survey(videos: list[VideoFolders], layout: Layout) -> Survey:
@@ -55,11 +57,15 @@ def survey(videos: list[VideoFolders], layout: Layout) -> Survey:
             names = os.listdir(folder)
         except OSError:
             continue  # the import names it as the video's failure
+        lowest: dict[str, tuple[int, str]] = {}
         for name in names:
             match = _IMAGE.match(name)
             if match and match["prefix"].lower() in read_prefixes and match["ext"].lower() in ("jpg", "jpeg"):
                 role = _role(layout, match["prefix"].lower())
                 out.digits.setdefault(role, len(match["number"]))
+                number = int(match["number"])
+                if role not in lowest or number < lowest[role][0]:
+                    lowest[role] = (number, os.path.join(folder, name))
                 continue
             path = os.path.join(folder, name)
             if os.path.isdir(path):
@@ -69,7 +75,25 @@ def survey(videos: list[VideoFolders], layout: Layout) -> Survey:
             out.examples.setdefault(kind, path)
             if kind.startswith("flow"):
                 out.flow_like.append(path)
+        for role, (number, path) in lowest.items():
+            out.firsts.setdefault(role, Counter())[number] += 1
+            out.first_example.setdefault(role, path)
     return out
+
+
+def refuse_wrong_numbering(found: Survey, layout: Layout) -> None:
+    """PlanError (one line) where no video folder numbers a role's files from where the layout does
+    (a wrong ``--layout``): every video would fail; the line names the layout that fits, if one does."""
+    for role, firsts in found.firsts.items():
+        expected = layout.first_of(role)
+        if expected in firsts:
+            continue
+        seen = firsts.most_common(1)[0][0]
+        fits = [name for name, other in LAYOUTS.items() if other.prefixes == layout.prefixes and
+                all(other.first_of(r) in f for r, f in found.firsts.items())]
+        hint = f"; the {fits[0]} layout reads them (--layout {fits[0]})" if fits else ""
+        raise PlanError(f"{found.first_example[role]}: no video folder numbers its {layout.prefixes[ROLES.index(role)]}"
+                        f" files from {expected}, as the {layout.name} layout does (they start at {seen}){hint}")
 
 
 def _role(layout: Layout, prefix: str) -> str:

@@ -422,6 +422,13 @@ def test_dry_run_plan_and_files_not_read(clips: dict[str, Path], tmp_path: Path)
     real = flowprep("import", root, tmp_path / "store")
     assert real.returncode == 0 and "plan: pairing  field file k is the flow from frame k−1" in real.stderr
 
+    # a wrong --layout that would fail every video stops the run in one line naming the layout that fits
+    for wrong in ("denseflow", "mmaction-opencv"):
+        refused = flowprep("import", root, tmp_path / "wrong", "--layout", wrong)
+        assert refused.returncode == 2 and not (tmp_path / "wrong").exists()
+        assert refused.stderr.splitlines()[-1].endswith("(they start at 1); the tsn layout reads them (--layout tsn)")
+        assert f"as the {wrong} layout does" in refused.stderr.splitlines()[-1]
+
     # flow the layout would not read stops the run in one line naming the layout that reads it
     shutil.copy(folder / "flow_x_00002.jpg", folder / "x_00002.jpg")
     refused = flowprep("import", root, tmp_path / "other", "--layout", "tsn")

@@ -15,7 +15,15 @@ from flowprep.algorithms.registry import ALGORITHMS
 from flowprep.cli.common import exit_for, fail, human_bytes, parse_size, run_with_bar
 from flowprep.errors import UserError
 from flowprep.exporter import EXPORT_FILE, ExportReport, run_export
-from flowprep.import_plan import ZeroLevel, describe, exported_mapping, guess_zero_level, refuse_unread_flow, survey
+from flowprep.import_plan import (
+    ZeroLevel,
+    describe,
+    exported_mapping,
+    guess_zero_level,
+    refuse_unread_flow,
+    refuse_wrong_numbering,
+    survey,
+)
 from flowprep.importer import run_import
 from flowprep.layouts import LAYOUTS, detect_layout, find_video_folders, split_archives
 from flowprep.storage.settings import ImportSettings
@@ -100,6 +108,7 @@ def import_command(source: Path, out: Path, layout: str, rgb_tree: Path | None, 
         for line in plan:
             click.echo(f"plan: {line}" if not dry_run else line, err=not dry_run)
         refuse_unread_flow(files, chosen)
+        refuse_wrong_numbering(files, chosen)
     except UserError as exc:
         fail(exc)
     if dry_run:
