@@ -18,19 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flowprep.algorithms.brox_torch import _neighbour_sums  # noqa: E402
-
-
-def sweep(du, dv, rhs_u, rhs_v, a12, diag_u, diag_v, weights_x, weights_y, red, black, omega: float):  # noqa: ANN001, ANN201
-    """One red-black SOR iteration, as the eager solver's inner loop runs it."""
-    for mask in (red, black):
-        nu, _ = _neighbour_sums(weights_x, weights_y, du)
-        new = (rhs_u + nu - a12 * dv) / diag_u
-        du = du + mask * omega * (new - du)
-        nv, _ = _neighbour_sums(weights_x, weights_y, dv)
-        new = (rhs_v + nv - a12 * du) / diag_v
-        dv = dv + mask * omega * (new - dv)
-    return du, dv
+from flowprep.algorithms.brox_torch import sor_iteration as sweep  # noqa: E402
 
 
 def main() -> None:

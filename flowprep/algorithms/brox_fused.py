@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flowprep.algorithms.brox_torch import BROX_TORCH_DEFAULTS, _gaussian, _pyramid, _resize_flow
+from flowprep.algorithms.brox_torch import BROX_TORCH_DEFAULTS, coarse_to_fine, data_system
 
 # the 5-tap derivative of the eager code, as float32 (its centre tap is 0)
 DERIVATIVE_TAPS = tuple(float(c) for c in (torch.tensor([1.0, -8.0, 0.0, 8.0, -1.0]) / 12.0))
@@ -189,23 +189,12 @@ class MirrorOps:
     def coefficients(self, d: torch.Tensor, u: torch.Tensor, v: torch.Tensor, du: torch.Tensor, dv: torch.Tensor,
                      psi: torch.Tensor, p: dict) -> torch.Tensor:
         w = u.shape[-1]
-        ix, iy, iz, ixx, ixy, iyy, ixz, iyz = d.unbind(1)
+        ix, iy, _, ixx, ixy, iyy, _, _ = planes = d.unbind(1)
         du_f, dv_f = unpack(du, w), unpack(dv, w)
-        eps2, zeta = p["epsilon"] ** 2, p["zeta"]
-        norm_c = 1.0 / (ix * ix + iy * iy + zeta)
-        norm_x = 1.0 / (ixx * ixx + ixy * ixy + zeta)
-        norm_y = 1.0 / (ixy * ixy + iyy * iyy + zeta)
-        rc = iz + ix * du_f + iy * dv_f
-        psi_c = (p["delta"] * 0.5) / torch.sqrt(rc * rc * norm_c + eps2) * norm_c
-        rx = ixz + ixx * du_f + ixy * dv_f
-        ry = iyz + ixy * du_f + iyy * dv_f
-        psi_g = (p["gamma"] * 0.5) / torch.sqrt(rx * rx * norm_x + ry * ry * norm_y + eps2)
-        gx, gy = psi_g * norm_x, psi_g * norm_y
-        a11 = psi_c * ix * ix + gx * ixx * ixx + gy * ixy * ixy
-        a12 = psi_c * ix * iy + gx * ixx * ixy + gy * ixy * iyy
-        a22 = psi_c * iy * iy + gx * ixy * ixy + gy * iyy * iyy
-        b1 = -(psi_c * ix * iz + gx * ixx * ixz + gy * ixy * iyz)
-        b2 = -(psi_c * iy * iz + gx * ixy * ixz + gy * iyy * iyz)
+        zeta = p["zeta"]
+        norms = (1.0 / (ix * ix + iy * iy + zeta), 1.0 / (ixx * ixx + ixy * ixy + zeta),
+                 1.0 / (ixy * ixy + iyy * iyy + zeta))
+        a11, a12, a22, b1, b2 = data_system(planes, norms, du_f, dv_f, p)  # the kernel's order of arithmetic
         weights = _link_weights(unpack(psi, w))
         total = weights[0] + weights[1] + weights[2] + weights[3]
         rhs_u = b1 + _neighbour_sum(weights, u) - total * u
@@ -293,21 +282,12 @@ def brox_flow_fused(first: torch.Tensor, second: torch.Tensor, params: dict | No
     """Flow of N pairs, as :func:`flowprep.algorithms.brox_torch.brox_flow` (N×H×W grey frames 0-255 →
     N×H×W×2 float32 pixels), through ``ops`` (default: the torch mirror). Pre-smoothing, the pyramid and
     the flow's resizing between levels are the eager code's (one pass each, once a level)."""
-    p = {**BROX_TORCH_DEFAULTS, **(params or {})}
     ops = ops if ops is not None else MirrorOps()
-    a = first.to(torch.float32).unsqueeze(1)
-    b = second.to(torch.float32).unsqueeze(1)
-    if p["sigma"] > 0:
-        a, b = _gaussian(a, p["sigma"]), _gaussian(b, p["sigma"])
-    pyr_a = _pyramid(a, p["scale"], p["min_side"])
-    pyr_b = _pyramid(b, p["scale"], p["min_side"])
-    u = torch.zeros_like(pyr_a[-1])
-    v = torch.zeros_like(pyr_a[-1])
-    for level_a, level_b in zip(reversed(pyr_a), reversed(pyr_b), strict=True):
-        h, w = level_a.shape[-2:]
-        if u.shape[-2:] != (h, w):
-            u, v = _resize_flow(u, v, h, w)
-        fu, fv = _refine(level_a[:, 0].contiguous(), level_b[:, 0].contiguous(), u[:, 0].contiguous(),
-                         v[:, 0].contiguous(), p, ops)
-        u, v = fu.unsqueeze(1), fv.unsqueeze(1)
-    return torch.cat([u, v], 1).permute(0, 2, 3, 1).contiguous()
+
+    def refine(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor, v: torch.Tensor, p: dict
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        fu, fv = _refine(a[:, 0].contiguous(), b[:, 0].contiguous(), u[:, 0].contiguous(), v[:, 0].contiguous(), p,
+                         ops)
+        return fu.unsqueeze(1), fv.unsqueeze(1)
+
+    return coarse_to_fine(first, second, {**BROX_TORCH_DEFAULTS, **(params or {})}, refine)

@@ -12,6 +12,8 @@ GPU time as one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -105,17 +107,8 @@ def _refine(first: torch.Tensor, second: torch.Tensor, u: torch.Tensor, v: torch
     du, dv = torch.zeros_like(u), torch.zeros_like(v)
     omega = p["omega"]
     for _ in range(int(p["outer_iterations"])):
-        rc = iz + ix * du + iy * dv
-        psi_c = p["delta"] * 0.5 / torch.sqrt(rc * rc * norm_c + eps2) * norm_c
-        rx = ixz + ixx * du + ixy * dv
-        ry = iyz + ixy * du + iyy * dv
-        psi_g = p["gamma"] * 0.5 / torch.sqrt(rx * rx * norm_x + ry * ry * norm_y + eps2)
-        gx, gy = psi_g * norm_x, psi_g * norm_y
-        a11 = psi_c * ix * ix + gx * ixx * ixx + gy * ixy * ixy
-        a12 = psi_c * ix * iy + gx * ixx * ixy + gy * ixy * iyy
-        a22 = psi_c * iy * iy + gx * ixy * ixy + gy * iyy * iyy
-        b1 = -(psi_c * ix * iz + gx * ixx * ixz + gy * ixy * iyz)
-        b2 = -(psi_c * iy * iz + gx * ixy * ixz + gy * iyy * iyz)
+        a11, a12, a22, b1, b2 = data_system((ix, iy, iz, ixx, ixy, iyy, ixz, iyz), (norm_c, norm_x, norm_y),
+                                            du, dv, p)
         fu, fv = u + du, v + dv
         ux, vx = F.pad(fu[..., 1:] - fu[..., :-1], (0, 1)), F.pad(fv[..., 1:] - fv[..., :-1], (0, 1))
         uy, vy = F.pad(fu[..., 1:, :] - fu[..., :-1, :], (0, 0, 0, 1)), F.pad(fv[..., 1:, :] - fv[..., :-1, :],
@@ -130,21 +123,58 @@ def _refine(first: torch.Tensor, second: torch.Tensor, u: torch.Tensor, v: torch
         rhs_v = b2 + sv - total * v
         diag_u, diag_v = a11 + total, a22 + total
         for _ in range(int(p["inner_iterations"])):
-            for mask in (red, black):
-                nu, _ = _neighbour_sums(weights_x, weights_y, du)
-                new = (rhs_u + nu - a12 * dv) / diag_u
-                du = du + mask * omega * (new - du)
-                nv, _ = _neighbour_sums(weights_x, weights_y, dv)
-                new = (rhs_v + nv - a12 * du) / diag_v
-                dv = dv + mask * omega * (new - dv)
+            du, dv = sor_iteration(du, dv, rhs_u, rhs_v, a12, diag_u, diag_v, weights_x, weights_y, red, black, omega)
     return u + du, v + dv
+
+
+def data_system(d: tuple[torch.Tensor, ...], norms: tuple[torch.Tensor, ...], du: torch.Tensor, dv: torch.Tensor,
+                p: dict) -> tuple[torch.Tensor, ...]:
+    """(a11, a12, a22, b1, b2): the data terms' part of the 2×2 system of the increment at each pixel,
+    their robust weights taken at the current increment (lagged non-linearity). ``d``: the derivative
+    planes ix, iy, iz, ixx, ixy, iyy, ixz, iyz; ``norms``: 1/(|∇I|² + ζ) of the brightness, x- and
+    y-gradient terms."""
+    ix, iy, iz, ixx, ixy, iyy, ixz, iyz = d
+    norm_c, norm_x, norm_y = norms
+    eps2 = p["epsilon"] ** 2
+    rc = iz + ix * du + iy * dv
+    psi_c = p["delta"] * 0.5 / torch.sqrt(rc * rc * norm_c + eps2) * norm_c
+    rx = ixz + ixx * du + ixy * dv
+    ry = iyz + ixy * du + iyy * dv
+    psi_g = p["gamma"] * 0.5 / torch.sqrt(rx * rx * norm_x + ry * ry * norm_y + eps2)
+    gx, gy = psi_g * norm_x, psi_g * norm_y
+    a11 = psi_c * ix * ix + gx * ixx * ixx + gy * ixy * ixy
+    a12 = psi_c * ix * iy + gx * ixx * ixy + gy * ixy * iyy
+    a22 = psi_c * iy * iy + gx * ixy * ixy + gy * iyy * iyy
+    b1 = -(psi_c * ix * iz + gx * ixx * ixz + gy * ixy * iyz)
+    b2 = -(psi_c * iy * iz + gx * ixy * ixz + gy * iyy * iyz)
+    return a11, a12, a22, b1, b2
+
+
+def sor_iteration(du: torch.Tensor, dv: torch.Tensor, rhs_u: torch.Tensor, rhs_v: torch.Tensor, a12: torch.Tensor,
+                  diag_u: torch.Tensor, diag_v: torch.Tensor, weights_x: torch.Tensor, weights_y: torch.Tensor,
+                  red: torch.Tensor, black: torch.Tensor, omega: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One red-black SOR iteration on the increment: red pixels, then black; at each, du from its
+    neighbours, then dv with the new du."""
+    for mask in (red, black):
+        nu, _ = _neighbour_sums(weights_x, weights_y, du)
+        new = (rhs_u + nu - a12 * dv) / diag_u
+        du = du + mask * omega * (new - du)
+        nv, _ = _neighbour_sums(weights_x, weights_y, dv)
+        new = (rhs_v + nv - a12 * du) / diag_v
+        dv = dv + mask * omega * (new - dv)
+    return du, dv
 
 
 @torch.no_grad()
 def brox_flow(first: torch.Tensor, second: torch.Tensor, params: dict | None = None) -> torch.Tensor:
     """Flow of N pairs: ``first``/``second`` N×H×W grey frames (0-255, any dtype) → N×H×W×2 float32
     pixels (dx, dy) on the same device."""
-    p = {**BROX_TORCH_DEFAULTS, **(params or {})}
+    return coarse_to_fine(first, second, {**BROX_TORCH_DEFAULTS, **(params or {})}, _refine)
+
+
+def coarse_to_fine(first: torch.Tensor, second: torch.Tensor, p: dict, refine: Callable) -> torch.Tensor:
+    """Pre-smoothing, the two pyramids, and ``refine(first, second, u, v, p) -> (u, v)`` (N×1×h×w
+    each) from the coarsest level to the finest, the flow resized between levels; N×H×W×2 out."""
     a = first.to(torch.float32).unsqueeze(1)
     b = second.to(torch.float32).unsqueeze(1)
     if p["sigma"] > 0:
@@ -157,7 +187,7 @@ def brox_flow(first: torch.Tensor, second: torch.Tensor, params: dict | None = N
         h, w = level_a.shape[-2:]
         if u.shape[-2:] != (h, w):
             u, v = _resize_flow(u, v, h, w)
-        u, v = _refine(level_a, level_b, u, v, p)
+        u, v = refine(level_a, level_b, u, v, p)
     return torch.cat([u, v], 1).permute(0, 2, 3, 1).contiguous()
 
 

@@ -32,6 +32,12 @@ def _clamp(i, hi):
 
 
 @triton.jit
+def _taps(i, hi):
+    """i − 2, i − 1, i + 1, i + 2 clamped into [0, hi]: the points of the 5-tap derivative (its centre is 0)."""
+    return _clamp(i - 2, hi), _clamp(i - 1, hi), _clamp(i + 1, hi), _clamp(i + 2, hi)
+
+
+@triton.jit
 def _warped(second, u, v, base, y, x, H, W, mask):
     """second(x + u(y, x), y + v(y, x)), bilinear, the point clamped to the image (y, x inside it)."""
     at = base + y * W + x
@@ -62,8 +68,8 @@ def _first_derivatives_kernel(first, second, u, v, d, H, W, c0, c1, c3, c4, BLOC
     y = _clamp(offs // W, H - 1)
     x = offs % W
     base = n * H * W
-    xm2, xm1, xp1, xp2 = _clamp(x - 2, W - 1), _clamp(x - 1, W - 1), _clamp(x + 1, W - 1), _clamp(x + 2, W - 1)
-    ym2, ym1, yp1, yp2 = _clamp(y - 2, H - 1), _clamp(y - 1, H - 1), _clamp(y + 1, H - 1), _clamp(y + 2, H - 1)
+    xm2, xm1, xp1, xp2 = _taps(x, W - 1)
+    ym2, ym1, yp1, yp2 = _taps(y, H - 1)
     f0 = tl.load(first + base + y * W + x, mask=mask, other=0.0)
     dxf = tl.load(first + base + y * W + xm2, mask=mask, other=0.0) * c0 \
         + tl.load(first + base + y * W + xm1, mask=mask, other=0.0) * c1 \
@@ -98,8 +104,8 @@ def _second_derivatives_kernel(d, H, W, c0, c1, c3, c4, BLOCK: tl.constexpr):
     plane = H * W
     ix = d + n * 8 * plane
     iy = ix + plane
-    xm2, xm1, xp1, xp2 = _clamp(x - 2, W - 1), _clamp(x - 1, W - 1), _clamp(x + 1, W - 1), _clamp(x + 2, W - 1)
-    ym2, ym1, yp1, yp2 = _clamp(y - 2, H - 1), _clamp(y - 1, H - 1), _clamp(y + 1, H - 1), _clamp(y + 2, H - 1)
+    xm2, xm1, xp1, xp2 = _taps(x, W - 1)
+    ym2, ym1, yp1, yp2 = _taps(y, H - 1)
     ixx = tl.load(ix + y * W + xm2, mask=mask, other=0.0) * c0 + tl.load(ix + y * W + xm1, mask=mask, other=0.0) * c1 \
         + tl.load(ix + y * W + xp1, mask=mask, other=0.0) * c3 + tl.load(ix + y * W + xp2, mask=mask, other=0.0) * c4
     ixy = tl.load(ix + ym2 * W + x, mask=mask, other=0.0) * c0 + tl.load(ix + ym1 * W + x, mask=mask, other=0.0) * c1 \
