@@ -49,8 +49,9 @@ STREAMS = {"auto": None, "both": ("rgb", "flow"), "rgb": ("rgb",), "flow": ("flo
                    "writes as its users run it; denseflow run by hand: 32]. The files are kept as they are; this "
                    "says what they mean.")
 @click.option("--zero-level", type=click.FloatRange(0, 255), default=None,
-              help="Grey level of 0 px [default: the layout's: 127.5 where the tool rounds (dense_flow, "
-                   "denseflow, gpu_flow), 127 for mmaction (flow_extraction.py floors)].")
+              help="Grey level of 0 px [default: read from the files: still pixels at 127 alone mean a tool "
+                   "that floors (127: mmaction2's flow_extraction.py), at 127 and 128 one that rounds (127.5: "
+                   "dense_flow, denseflow, gpu_flow); with too few still pixels, the layout's].")
 @click.option("--flow-algo", type=click.Choice(ALGORITHMS), default="tvl1", show_default=True,
               help="The algorithm the other tool ran (recorded; `trainer predict` needs it).")
 @click.option("--trim-rgb", is_flag=True,
