@@ -30,9 +30,16 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from flowprep.algorithms.brox_torch import BROX_TORCH_DEFAULTS, coarse_to_fine, data_system
+from flowprep.algorithms.brox_torch import (
+    BROX_TORCH_DEFAULTS,
+    coarse_to_fine,
+    data_system,
+    gradient_norms,
+    link_weights,
+    smoothness_system,
+    smoothness_weights,
+)
 
 # the 5-tap derivative of the eager code, as float32 (its centre tap is 0)
 DERIVATIVE_TAPS = tuple(float(c) for c in (torch.tensor([1.0, -8.0, 0.0, 8.0, -1.0]) / 12.0))
@@ -143,22 +150,6 @@ def warp_bilinear(images: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tor
     return top * (1.0 - fy) + bottom * fy
 
 
-def _link_weights(psi_full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Weights of the links to the right, left, down and up neighbours, 0.5·(ψ′(p) + ψ′(q)), 0 off the image."""
-    right = F.pad(0.5 * (psi_full[..., 1:] + psi_full[..., :-1]), (0, 1))
-    left = F.pad(0.5 * (psi_full[..., 1:] + psi_full[..., :-1]), (1, 0))
-    down = F.pad(0.5 * (psi_full[..., 1:, :] + psi_full[..., :-1, :]), (0, 0, 0, 1))
-    up = F.pad(0.5 * (psi_full[..., 1:, :] + psi_full[..., :-1, :]), (0, 0, 1, 0))
-    return right, left, down, up
-
-
-def _neighbour_sum(weights: tuple[torch.Tensor, ...], field: torch.Tensor) -> torch.Tensor:
-    """Σ w·field over right, left, down, up neighbours, in that order (0 off the image)."""
-    right, left, down, up = weights
-    return (right * F.pad(field[..., 1:], (0, 1)) + left * F.pad(field[..., :-1], (1, 0))
-            + down * F.pad(field[..., 1:, :], (0, 0, 0, 1)) + up * F.pad(field[..., :-1, :], (0, 0, 1, 0)))
-
-
 class MirrorOps:
     """The passes with torch operations (any device): the reference of the Triton kernels."""
 
@@ -179,27 +170,17 @@ class MirrorOps:
     def smoothness(self, u: torch.Tensor, v: torch.Tensor, du: torch.Tensor, dv: torch.Tensor, alpha: float,
                    eps2: float) -> torch.Tensor:
         w = u.shape[-1]
-        fu, fv = u + unpack(du, w), v + unpack(dv, w)
-        ux, vx = F.pad(fu[..., 1:] - fu[..., :-1], (0, 1)), F.pad(fv[..., 1:] - fv[..., :-1], (0, 1))
-        uy, vy = F.pad(fu[..., 1:, :] - fu[..., :-1, :], (0, 0, 0, 1)), F.pad(fv[..., 1:, :] - fv[..., :-1, :],
-                                                                            (0, 0, 0, 1))
-        psi = (alpha * 0.5) / torch.sqrt(ux * ux + uy * uy + vx * vx + vy * vy + eps2)
-        return pack(psi)
+        return pack(smoothness_weights(u + unpack(du, w), v + unpack(dv, w), alpha, eps2))
 
     def coefficients(self, d: torch.Tensor, u: torch.Tensor, v: torch.Tensor, du: torch.Tensor, dv: torch.Tensor,
                      psi: torch.Tensor, p: dict) -> torch.Tensor:
         w = u.shape[-1]
         ix, iy, _, ixx, ixy, iyy, _, _ = planes = d.unbind(1)
-        du_f, dv_f = unpack(du, w), unpack(dv, w)
-        zeta = p["zeta"]
-        norms = (1.0 / (ix * ix + iy * iy + zeta), 1.0 / (ixx * ixx + ixy * ixy + zeta),
-                 1.0 / (ixy * ixy + iyy * iyy + zeta))
-        a11, a12, a22, b1, b2 = data_system(planes, norms, du_f, dv_f, p)  # the kernel's order of arithmetic
-        weights = _link_weights(unpack(psi, w))
-        total = weights[0] + weights[1] + weights[2] + weights[3]
-        rhs_u = b1 + _neighbour_sum(weights, u) - total * u
-        rhs_v = b2 + _neighbour_sum(weights, v) - total * v
-        return torch.stack([pack(rhs_u), pack(rhs_v), pack(a12), pack(a11 + total), pack(a22 + total)], 1)
+        norms = gradient_norms(ix, iy, ixx, ixy, iyy, p["zeta"])
+        # the eager solver's functions, in the kernel's order of arithmetic
+        a11, a12, a22, b1, b2 = data_system(planes, norms, unpack(du, w), unpack(dv, w), p)
+        rhs_u, rhs_v, diag_u, diag_v = smoothness_system(*link_weights(unpack(psi, w)), u, v, a11, a22, b1, b2)
+        return torch.stack([pack(rhs_u), pack(rhs_v), pack(a12), pack(diag_u), pack(diag_v)], 1)
 
     def sor(self, colour: int, coeff: torch.Tensor, psi: torch.Tensor, du: torch.Tensor, dv: torch.Tensor,
             omega: float, width: int) -> None:

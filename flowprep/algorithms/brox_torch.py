@@ -97,9 +97,7 @@ def _refine(first: torch.Tensor, second: torch.Tensor, u: torch.Tensor, v: torch
     ixx, ixy, iyy = _dx(ix), _dy(ix), _dy(iy)
     ixz = _dx(warped) - _dx(first)
     iyz = _dy(warped) - _dy(first)
-    norm_c = 1.0 / (ix * ix + iy * iy + zeta)
-    norm_x = 1.0 / (ixx * ixx + ixy * ixy + zeta)
-    norm_y = 1.0 / (ixy * ixy + iyy * iyy + zeta)
+    norms = gradient_norms(ix, iy, ixx, ixy, iyy, zeta)
     h, w = first.shape[-2:]
     yy, xx = torch.meshgrid(torch.arange(h, device=first.device), torch.arange(w, device=first.device), indexing="ij")
     red = ((yy + xx) % 2 == 0).to(first.dtype)
@@ -107,24 +105,45 @@ def _refine(first: torch.Tensor, second: torch.Tensor, u: torch.Tensor, v: torch
     du, dv = torch.zeros_like(u), torch.zeros_like(v)
     omega = p["omega"]
     for _ in range(int(p["outer_iterations"])):
-        a11, a12, a22, b1, b2 = data_system((ix, iy, iz, ixx, ixy, iyy, ixz, iyz), (norm_c, norm_x, norm_y),
-                                            du, dv, p)
-        fu, fv = u + du, v + dv
-        ux, vx = F.pad(fu[..., 1:] - fu[..., :-1], (0, 1)), F.pad(fv[..., 1:] - fv[..., :-1], (0, 1))
-        uy, vy = F.pad(fu[..., 1:, :] - fu[..., :-1, :], (0, 0, 0, 1)), F.pad(fv[..., 1:, :] - fv[..., :-1, :],
-                                                                            (0, 0, 0, 1))
-        psi_s = p["alpha"] * 0.5 / torch.sqrt(ux * ux + uy * uy + vx * vx + vy * vy + eps2)
-        weights_x = 0.5 * (psi_s[..., 1:] + psi_s[..., :-1])
-        weights_y = 0.5 * (psi_s[..., 1:, :] + psi_s[..., :-1, :])
-        # the smoothness acts on u + du: move the known part (neighbour u minus own u) to the right side
-        su, total = _neighbour_sums(weights_x, weights_y, u)
-        sv, _ = _neighbour_sums(weights_x, weights_y, v)
-        rhs_u = b1 + su - total * u
-        rhs_v = b2 + sv - total * v
-        diag_u, diag_v = a11 + total, a22 + total
+        a11, a12, a22, b1, b2 = data_system((ix, iy, iz, ixx, ixy, iyy, ixz, iyz), norms, du, dv, p)
+        weights_x, weights_y = link_weights(smoothness_weights(u + du, v + dv, p["alpha"], eps2))
+        rhs_u, rhs_v, diag_u, diag_v = smoothness_system(weights_x, weights_y, u, v, a11, a22, b1, b2)
         for _ in range(int(p["inner_iterations"])):
             du, dv = sor_iteration(du, dv, rhs_u, rhs_v, a12, diag_u, diag_v, weights_x, weights_y, red, black, omega)
     return u + du, v + dv
+
+
+def gradient_norms(ix: torch.Tensor, iy: torch.Tensor, ixx: torch.Tensor, ixy: torch.Tensor, iyy: torch.Tensor,
+                   zeta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """1/(|∇I|² + ζ) of the brightness term and of the x- and y-gradient terms: each data term is
+    normalised by its local gradient magnitude."""
+    return (1.0 / (ix * ix + iy * iy + zeta), 1.0 / (ixx * ixx + ixy * ixy + zeta),
+            1.0 / (ixy * ixy + iyy * iyy + zeta))
+
+
+def smoothness_weights(fu: torch.Tensor, fv: torch.Tensor, alpha: float, eps2: float) -> torch.Tensor:
+    """ψ′ of the smoothness term at the flow (fu, fv): (α/2) / sqrt(|∇fu|² + |∇fv|² + ε²), forward
+    differences (0 past the last column and row)."""
+    ux, vx = F.pad(fu[..., 1:] - fu[..., :-1], (0, 1)), F.pad(fv[..., 1:] - fv[..., :-1], (0, 1))
+    uy, vy = F.pad(fu[..., 1:, :] - fu[..., :-1, :], (0, 0, 0, 1)), F.pad(fv[..., 1:, :] - fv[..., :-1, :],
+                                                                        (0, 0, 0, 1))
+    return alpha * 0.5 / torch.sqrt(ux * ux + uy * uy + vx * vx + vy * vy + eps2)
+
+
+def link_weights(psi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights of the links between horizontal and vertical neighbours, 0.5·(ψ′(p) + ψ′(q)):
+    ``weights_x[..., j]`` links columns j and j+1, ``weights_y[..., i, :]`` rows i and i+1."""
+    return 0.5 * (psi[..., 1:] + psi[..., :-1]), 0.5 * (psi[..., 1:, :] + psi[..., :-1, :])
+
+
+def smoothness_system(weights_x: torch.Tensor, weights_y: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                      a11: torch.Tensor, a22: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rhs_u, rhs_v, diag_u, diag_v) of the SOR system: the smoothness acts on u + du, so the known
+    part (neighbour u minus own u) moves to the right side and the link weights join the diagonal."""
+    su, total = _neighbour_sums(weights_x, weights_y, u)
+    sv, _ = _neighbour_sums(weights_x, weights_y, v)
+    return b1 + su - total * u, b2 + sv - total * v, a11 + total, a22 + total
 
 
 def data_system(d: tuple[torch.Tensor, ...], norms: tuple[torch.Tensor, ...], du: torch.Tensor, dv: torch.Tensor,
@@ -196,17 +215,24 @@ def create_brox_torch(p: dict, device: str = "cpu", max_batch: int = 32) -> Flow
 
     ``max_batch`` caps the pairs per call; on CUDA it is also capped by the free memory (about
     70 float32 H×W planes per pair)."""
+    return torch_flow_method("torch-brox", brox_flow, p, device, max_batch, planes=70)
+
+
+def torch_flow_method(implementation: str, flow: Callable, p: dict, device: str, max_batch: int, planes: int
+                      ) -> FlowMethod:
+    """A batched brox method around ``flow(firsts, seconds, p)`` (N×H×W tensors on ``device``); on CUDA
+    each batch is also capped by the free memory, ``planes`` float32 H×W planes a pair."""
     dev = torch.device(device)
 
     def compute_batch(firsts: np.ndarray, seconds: np.ndarray) -> np.ndarray:
         if dev.type == "cuda":  # later batches fit what is free now
             free, _ = torch.cuda.mem_get_info(dev)
-            method.max_batch = max(1, min(method.max_batch, int(free * 0.8) // (70 * 4 * firsts[0].size)))
+            method.max_batch = max(1, min(method.max_batch, int(free * 0.8) // (planes * 4 * firsts[0].size)))
         a = torch.from_numpy(firsts).to(dev)
         b = torch.from_numpy(seconds).to(dev)
-        return brox_flow(a, b, p).cpu().numpy()
+        return flow(a, b, p).cpu().numpy()
 
-    method = FlowMethod("brox", "torch-brox", {**p, "device": str(dev)},
+    method = FlowMethod("brox", implementation, {**p, "device": str(dev)},
                         lambda a, b: compute_batch(a[None], b[None])[0], compute_batch=compute_batch,
                         max_batch=max_batch)
     return method

@@ -14,12 +14,12 @@ import re
 import subprocess
 import tempfile
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
 
 from flowprep.algorithms.brox_fused import DERIVATIVE_TAPS, brox_flow_fused, packed_width
+from flowprep.algorithms.brox_torch import create_brox_torch, torch_flow_method
 from flowprep.algorithms.method import FlowMethod
 
 BLOCK = 256  # pixels a program (a power of two): 2 a thread of 4 warps; 512 spills in the SOR kernel on sm_90
@@ -35,6 +35,13 @@ def _clamp(i, hi):
 def _taps(i, hi):
     """i − 2, i − 1, i + 1, i + 2 clamped into [0, hi]: the points of the 5-tap derivative (its centre is 0)."""
     return _clamp(i - 2, hi), _clamp(i - 1, hi), _clamp(i + 1, hi), _clamp(i + 2, hi)
+
+
+@triton.jit
+def _five_tap(ptr, at0, at1, at3, at4, mask, c0, c1, c3, c4):
+    """Σ c_k·ptr[at_k] over the four outer points of the 5-tap derivative, from the left/top."""
+    return tl.load(ptr + at0, mask=mask, other=0.0) * c0 + tl.load(ptr + at1, mask=mask, other=0.0) * c1 \
+        + tl.load(ptr + at3, mask=mask, other=0.0) * c3 + tl.load(ptr + at4, mask=mask, other=0.0) * c4
 
 
 @triton.jit
@@ -70,15 +77,10 @@ def _first_derivatives_kernel(first, second, u, v, d, H, W, c0, c1, c3, c4, BLOC
     base = n * H * W
     xm2, xm1, xp1, xp2 = _taps(x, W - 1)
     ym2, ym1, yp1, yp2 = _taps(y, H - 1)
-    f0 = tl.load(first + base + y * W + x, mask=mask, other=0.0)
-    dxf = tl.load(first + base + y * W + xm2, mask=mask, other=0.0) * c0 \
-        + tl.load(first + base + y * W + xm1, mask=mask, other=0.0) * c1 \
-        + tl.load(first + base + y * W + xp1, mask=mask, other=0.0) * c3 \
-        + tl.load(first + base + y * W + xp2, mask=mask, other=0.0) * c4
-    dyf = tl.load(first + base + ym2 * W + x, mask=mask, other=0.0) * c0 \
-        + tl.load(first + base + ym1 * W + x, mask=mask, other=0.0) * c1 \
-        + tl.load(first + base + yp1 * W + x, mask=mask, other=0.0) * c3 \
-        + tl.load(first + base + yp2 * W + x, mask=mask, other=0.0) * c4
+    image = first + base
+    f0 = tl.load(image + y * W + x, mask=mask, other=0.0)
+    dxf = _five_tap(image, y * W + xm2, y * W + xm1, y * W + xp1, y * W + xp2, mask, c0, c1, c3, c4)
+    dyf = _five_tap(image, ym2 * W + x, ym1 * W + x, yp1 * W + x, yp2 * W + x, mask, c0, c1, c3, c4)
     w0 = _warped(second, u, v, base, y, x, H, W, mask)
     dxw = _warped(second, u, v, base, y, xm2, H, W, mask) * c0 + _warped(second, u, v, base, y, xm1, H, W, mask) * c1 \
         + _warped(second, u, v, base, y, xp1, H, W, mask) * c3 + _warped(second, u, v, base, y, xp2, H, W, mask) * c4
@@ -106,12 +108,9 @@ def _second_derivatives_kernel(d, H, W, c0, c1, c3, c4, BLOCK: tl.constexpr):
     iy = ix + plane
     xm2, xm1, xp1, xp2 = _taps(x, W - 1)
     ym2, ym1, yp1, yp2 = _taps(y, H - 1)
-    ixx = tl.load(ix + y * W + xm2, mask=mask, other=0.0) * c0 + tl.load(ix + y * W + xm1, mask=mask, other=0.0) * c1 \
-        + tl.load(ix + y * W + xp1, mask=mask, other=0.0) * c3 + tl.load(ix + y * W + xp2, mask=mask, other=0.0) * c4
-    ixy = tl.load(ix + ym2 * W + x, mask=mask, other=0.0) * c0 + tl.load(ix + ym1 * W + x, mask=mask, other=0.0) * c1 \
-        + tl.load(ix + yp1 * W + x, mask=mask, other=0.0) * c3 + tl.load(ix + yp2 * W + x, mask=mask, other=0.0) * c4
-    iyy = tl.load(iy + ym2 * W + x, mask=mask, other=0.0) * c0 + tl.load(iy + ym1 * W + x, mask=mask, other=0.0) * c1 \
-        + tl.load(iy + yp1 * W + x, mask=mask, other=0.0) * c3 + tl.load(iy + yp2 * W + x, mask=mask, other=0.0) * c4
+    ixx = _five_tap(ix, y * W + xm2, y * W + xm1, y * W + xp1, y * W + xp2, mask, c0, c1, c3, c4)
+    ixy = _five_tap(ix, ym2 * W + x, ym1 * W + x, yp1 * W + x, yp2 * W + x, mask, c0, c1, c3, c4)
+    iyy = _five_tap(iy, ym2 * W + x, ym1 * W + x, yp1 * W + x, yp2 * W + x, mask, c0, c1, c3, c4)
     out = ix + y * W + x
     tl.store(out + 3 * plane, ixx, mask=mask)
     tl.store(out + 4 * plane, ixy, mask=mask)
@@ -125,25 +124,23 @@ def _slot(c, y, x, H, Wc):
 
 
 @triton.jit
-def _packed_position(offs, H, W, Wc):
-    """(colour, y, x, whether a pixel) of flat packed offsets over both colours of one pair."""
+def _packed_pixels(H, W, Wc, BLOCK: tl.constexpr):
+    """(pair, colour, y, x, mask) of this program's packed slots over both colours of one pair; y and
+    x clamped into the image, mask false for slots past the array or holding no pixel."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     c = offs // (H * Wc)
     rest = offs % (H * Wc)
     y = rest // Wc
     x = 2 * (rest % Wc) + ((y + c) % 2)
-    return c, y, x, x < W
+    mask = (offs < 2 * H * Wc) & (x < W)
+    return tl.program_id(1), c, _clamp(y, H - 1), _clamp(x, W - 1), mask
 
 
 @triton.jit
 def _smoothness_kernel(u, v, du, dv, psi, H, W, Wc, alpha_half, eps2, BLOCK: tl.constexpr):
     """ψ′ = (α/2) / sqrt(|∇(u + du)|² + |∇(v + dv)|² + ε²), forward differences (0 past the last
     column/row), stored packed."""
-    n = tl.program_id(1)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    c, y, x, pixel = _packed_position(offs, H, W, Wc)
-    mask = (offs < 2 * H * Wc) & pixel
-    y = _clamp(y, H - 1)
-    x = _clamp(x, W - 1)
+    n, c, y, x, mask = _packed_pixels(H, W, Wc, BLOCK)
     full = n * H * W
     packed = n * 2 * H * Wc
     has_right = x + 1 < W
@@ -194,12 +191,7 @@ def _coefficients_kernel(d, u, v, du, dv, psi, coeff, H, W, Wc, delta_half, gamm
                          BLOCK: tl.constexpr):
     """The SOR system of the increment (du, dv) at each pixel: rhs_u, rhs_v, a12, diag_u, diag_v,
     packed into ``coeff`` (N×5×2×H×Wc); the data terms' robust weights at the current increment."""
-    n = tl.program_id(1)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    c, y, x, pixel = _packed_position(offs, H, W, Wc)
-    mask = (offs < 2 * H * Wc) & pixel
-    y = _clamp(y, H - 1)
-    x = _clamp(x, W - 1)
+    n, c, y, x, mask = _packed_pixels(H, W, Wc, BLOCK)
     plane = H * W
     at = n * 8 * plane + y * W + x
     ix = tl.load(d + at, mask=mask, other=0.0)
@@ -377,24 +369,12 @@ def brox_flow_triton(first: torch.Tensor, second: torch.Tensor, params: dict | N
 
 
 def create_brox_triton(p: dict, device: str = "cuda:0", max_batch: int = 32) -> FlowMethod:
-    """The registry's factory of ``triton-brox``: the fused kernels on ``device``. ``kernel=eager``
-    runs the eager PyTorch Brox instead (``torch-brox``, which the metadata then records)."""
+    """The registry's factory of ``triton-brox``: the fused kernels on ``device`` (about 30 float32 planes a
+    pair at the finest level). ``kernel=eager`` runs the eager PyTorch Brox instead (``torch-brox``,
+    which the metadata then records)."""
     params = {k: v for k, v in p.items() if k != "kernel"}
     if p.get("kernel", "fused") == "eager":
-        from flowprep.algorithms.brox_torch import create_brox_torch
-
         return create_brox_torch(params, device, max_batch)
-    dev = torch.device(device)
-
-    def compute_batch(firsts: np.ndarray, seconds: np.ndarray) -> np.ndarray:
-        if dev.type == "cuda":  # about 30 float32 planes a pair at the finest level
-            free, _ = torch.cuda.mem_get_info(dev)
-            method.max_batch = max(1, min(method.max_batch, int(free * 0.8) // (30 * 4 * firsts[0].size)))
-        a = torch.from_numpy(firsts).to(dev)
-        b = torch.from_numpy(seconds).to(dev)
-        return brox_flow_triton(a, b, params).cpu().numpy()
-
-    method = FlowMethod("brox", "triton-brox", {**p, "device": str(dev)},
-                        lambda a, b: compute_batch(a[None], b[None])[0], compute_batch=compute_batch,
-                        max_batch=max_batch)
+    method = torch_flow_method("triton-brox", brox_flow_triton, params, device, max_batch, planes=30)
+    method.params = {**p, "device": str(torch.device(device))}  # the kernel choice recorded too
     return method
