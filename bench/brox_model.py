@@ -16,8 +16,8 @@ A ceiling is pairs/s = batch / max(batch Â· bytes a pair / bandwidth, launches Â
 bytes from DRAM once (no L2 reuse, which only helps), a launch costing ``--launch-us`` on the GPU's
 queue. These are modelled figures, not measurements.
 
-    python bench/brox_model.py                  # the table, and the EPE curve (~2 min on 2 cores)
-    python bench/brox_model.py --no-epe         # the table only
+    python bench/brox_model.py                  # the table, the kernels' registers, the EPE curve (~6 min)
+    python bench/brox_model.py --no-epe         # the table and the registers
 """
 
 from __future__ import annotations
@@ -171,6 +171,20 @@ def epe_curve(settings: list[dict]) -> list[dict]:
     return rows
 
 
+def print_kernel_resources() -> None:
+    """Registers a thread and bytes spilled of each fused kernel, built here for sm_90 and sm_80."""
+    try:
+        from flowprep.algorithms.brox_triton import kernel_resources
+    except ImportError:
+        print("\n(no triton here: kernel registers not reported)")
+        return
+    built = {capability: kernel_resources(capability) for capability in (90, 80)}
+    print("\n| kernel | sm_90 registers | sm_80 registers | bytes spilled |")
+    print("|---|---|---|---|")
+    for name in built[90]:
+        print(f"| {name} | {built[90][name][0]} | {built[80][name][0]} | {built[90][name][1] + built[80][name][1]} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=128, help="pairs a call (the fused path needs ~9 MB a pair "
@@ -190,6 +204,7 @@ def main() -> None:
               f"{row['launches']:,} | {row['launches'] * args.launch_us / 1000:,.1f} ms | {row['gb_per_pair']:.3f} | "
               f"{row['bytes_per_level_pixel']:,.0f} | "
               f"{row['H100 SXM']:,.0f} | {row['H200']:,.0f} |", flush=True)
+    print_kernel_resources()
     if args.no_epe:
         return
     settings = [{"outer_iterations": o, "inner_iterations": i} for o, i in
